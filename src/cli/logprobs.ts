@@ -1,13 +1,54 @@
 import type { Command } from "commander";
+import { z } from "zod";
+import { loadCheckpoint } from "../engine/checkpoint.js";
+import { PlainKernels } from "../engine/kernels/plain.js";
+import { nextTokenLogprobs } from "../engine/logprobs.js";
+import { LlamaModel } from "../engine/model.js";
 import { UserError } from "../util/errors.js";
+import { readJsonFile } from "../util/fsio.js";
+import { parseIntFlag, printJson } from "./common.js";
 
-/** Registers `selfsteer logprobs` (not implemented yet). */
+const IdsFileSchema = z.object({ sequences: z.array(z.array(z.number().int())) });
+
+/** Registers `selfsteer logprobs --model DIR --ids F.json`: next-token log-probs of given token ids. */
 export function register(program: Command): void {
   program
     .command("logprobs")
-    .description("(not implemented yet)")
-    .allowUnknownOption()
-    .action(() => {
-      throw new UserError("'logprobs' is not implemented yet");
+    .description("score token-id sequences with a checkpoint; prints {logprobs: [[...], ...]} as JSON")
+    .requiredOption("--model <dir>", "checkpoint directory (config.json + model.safetensors suffice)")
+    .requiredOption("--ids <file>", 'JSON: {"sequences": [[id, ...], ...]}')
+    .option("--max-batch-tokens <n>", "padded tokens per forward pass", "4096")
+    .addHelpText(
+      "after",
+      `
+Entry t of output row i is log p(ids[t+1] | ids[0..t]) for sequence i, so a row has one entry fewer
+than its sequence (none for a sequence of 0 or 1 tokens).
+
+Example:
+  selfsteer logprobs --model runs/base --ids ids.json`,
+    )
+    .action((opts: { model: string; ids: string; maxBatchTokens: string }) => {
+      const maxBatchTokens = parseIntFlag("--max-batch-tokens", opts.maxBatchTokens, 1);
+      const { sequences } = readJsonFile(opts.ids, IdsFileSchema);
+      const checkpoint = loadCheckpoint(opts.model);
+      if (checkpoint.scoreHead && !checkpoint.config.tie_word_embeddings)
+        throw new UserError(
+          `${opts.model}: is a reward model (score head, no lm_head); it has no next-token log-probs`,
+        );
+      const vocab = checkpoint.config.vocab_size;
+      sequences.forEach((seq, i) => {
+        seq.forEach((id, t) => {
+          if (id < 0 || id >= vocab)
+            throw new UserError(
+              `${opts.ids}: sequences[${i}][${t}]: token id ${id} is out of range for vocab_size ${vocab} of ${opts.model}`,
+            );
+        });
+      });
+      const model = new LlamaModel(checkpoint.config, new PlainKernels(), {
+        scoreHead: checkpoint.scoreHead,
+      });
+      model.loadTensors(checkpoint.tensors.values());
+      const rows = nextTokenLogprobs(model, sequences, { maxBatchTokens });
+      printJson({ logprobs: rows.map((r) => Array.from(r)) });
     });
 }
