@@ -1,0 +1,520 @@
+/**
+ * The layers of a Llama decoder, each as a forward and a backward function over flat fp32 buffers
+ * (llm.c style). Shapes are written above each function; all matrices are row-major. Token rows are
+ * indexed n = b*T + t for a right-padded batch [B, T]; row b holds real tokens at t < lengths[b].
+ * Backward functions say whether they overwrite or accumulate into each gradient buffer.
+ * Matrix products go through `Kernels.sgemm`, so every buffer given to them must come from that
+ * backend's `alloc()` (or be a subarray of such a buffer).
+ */
+import type { Kernels } from "./kernels/types.js";
+
+/**
+ * Rotary position embedding tables, computed the way Hugging Face's default Llama rotary embedding
+ * does in fp32 (inv_freq = 1 / theta^(2i/D), angle = position * inv_freq), so positions agree with
+ * transformers to the last bit of the angle. cos and sin are [positions, D/2].
+ */
+export class RopeTable {
+  readonly half: number;
+  cos: Float32Array = new Float32Array(0);
+  sin: Float32Array = new Float32Array(0);
+  private readonly invFreq: Float32Array;
+
+  /** Tables for one head size and base; they grow on demand with `ensure`. */
+  constructor(headDim: number, theta: number) {
+    this.half = headDim / 2;
+    this.invFreq = new Float32Array(this.half);
+    for (let i = 0; i < this.half; i++) {
+      const exponent = Math.fround((2 * i) / headDim);
+      this.invFreq[i] = Math.fround(1 / Math.fround(theta ** exponent));
+    }
+  }
+
+  /** Number of positions the tables currently cover. */
+  get positions(): number {
+    return this.cos.length / this.half;
+  }
+
+  /** Makes the tables cover positions 0..count-1. */
+  ensure(count: number): void {
+    if (count <= this.positions) return;
+    const grown = Math.max(count, 2 * this.positions, 64);
+    const cos = new Float32Array(grown * this.half);
+    const sin = new Float32Array(grown * this.half);
+    for (let p = 0; p < grown; p++) {
+      for (let i = 0; i < this.half; i++) {
+        const angle = Math.fround(p * this.invFreq[i]);
+        cos[p * this.half + i] = Math.cos(angle);
+        sin[p * this.half + i] = Math.sin(angle);
+      }
+    }
+    this.cos = cos;
+    this.sin = sin;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding
+// ---------------------------------------------------------------------------------------------
+
+// ids [B, T], wte [V, C] -> out [B*T, C]; padding rows (t >= lengths[b]) are zero so they stay finite
+// and can never leak into real rows.
+/** Looks up token embeddings. */
+export function embeddingForward(
+  out: Float32Array,
+  ids: Int32Array,
+  lengths: Int32Array,
+  B: number,
+  T: number,
+  wte: Float32Array,
+  C: number,
+): void {
+  for (let b = 0; b < B; b++) {
+    const len = lengths[b];
+    for (let t = 0; t < T; t++) {
+      const n = b * T + t;
+      if (t < len) out.set(wte.subarray(ids[n] * C, ids[n] * C + C), n * C);
+      else out.fill(0, n * C, n * C + C);
+    }
+  }
+}
+
+// dout [B*T, C] -> dwte [V, C] (accumulated at the ids of real positions)
+/** Scatters embedding gradients back to the rows of the table. */
+export function embeddingBackward(
+  dwte: Float32Array,
+  dout: Float32Array,
+  ids: Int32Array,
+  lengths: Int32Array,
+  B: number,
+  T: number,
+  C: number,
+): void {
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < lengths[b]; t++) {
+      const n = b * T + t;
+      const dst = ids[n] * C;
+      const src = n * C;
+      for (let i = 0; i < C; i++) dwte[dst + i] += dout[src + i];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm: y = x * rsqrt(mean(x^2) + eps) * w
+// ---------------------------------------------------------------------------------------------
+
+// x [N, C], w [C] -> out [N, C], rstd [N]
+/** RMS-normalises each row and scales it by w. */
+export function rmsnormForward(
+  out: Float32Array,
+  rstd: Float32Array,
+  x: Float32Array,
+  w: Float32Array,
+  N: number,
+  C: number,
+  eps: number,
+): void {
+  for (let n = 0; n < N; n++) {
+    const off = n * C;
+    let ss = 0;
+    for (let i = 0; i < C; i++) ss += x[off + i] * x[off + i];
+    const r = Math.fround(1 / Math.sqrt(ss / C + eps));
+    rstd[n] = r;
+    for (let i = 0; i < C; i++) out[off + i] = x[off + i] * r * w[i];
+  }
+}
+
+// dout [N, C] -> dx [N, C] (accumulated), dw [C] (accumulated)
+/** Backward of rmsnormForward: dx_j = r*g_j - r^3 * x_j * sum_i(g_i x_i) / C with g = dout * w. */
+export function rmsnormBackward(
+  dx: Float32Array,
+  dw: Float32Array,
+  dout: Float32Array,
+  x: Float32Array,
+  w: Float32Array,
+  rstd: Float32Array,
+  N: number,
+  C: number,
+): void {
+  for (let n = 0; n < N; n++) {
+    const off = n * C;
+    const r = rstd[n];
+    let dot = 0;
+    for (let i = 0; i < C; i++) dot += dout[off + i] * w[i] * x[off + i];
+    const coef = (r * r * r * dot) / C;
+    for (let i = 0; i < C; i++) {
+      const g = dout[off + i];
+      const xi = x[off + i];
+      dx[off + i] += r * g * w[i] - coef * xi;
+      dw[i] += g * xi * r;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear (no bias, HF layout): y = x W^T
+// ---------------------------------------------------------------------------------------------
+
+// x [N, in], w [out, in] -> y [N, out] (overwritten, or accumulated when `accumulate`: the residual add)
+/** A bias-free linear layer. */
+export function linearForward(
+  kernels: Kernels,
+  y: Float32Array,
+  x: Float32Array,
+  w: Float32Array,
+  N: number,
+  inDim: number,
+  outDim: number,
+  accumulate = false,
+): void {
+  kernels.sgemm(false, true, N, outDim, inDim, 1, x, w, accumulate ? 1 : 0, y);
+}
+
+// dy [N, out] -> dx [N, in] (overwritten, or accumulated when `accumulateDx`), dw [out, in] (accumulated)
+/** Backward of linearForward: dx = dy W, dW += dy^T x. */
+export function linearBackward(
+  kernels: Kernels,
+  dx: Float32Array,
+  dw: Float32Array,
+  dy: Float32Array,
+  x: Float32Array,
+  w: Float32Array,
+  N: number,
+  inDim: number,
+  outDim: number,
+  accumulateDx = false,
+): void {
+  kernels.sgemm(false, false, N, inDim, outDim, 1, dy, w, accumulateDx ? 1 : 0, dx);
+  kernels.sgemm(true, false, outDim, inDim, N, 1, dy, x, 1, dw);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Head split/merge with rotate-half RoPE
+// ---------------------------------------------------------------------------------------------
+
+// src [B*T, srcStride] holding `heads` heads at columns [col, col + heads*D) -> dst [B, heads, T, D].
+// With a rope table, each head vector at position t is rotated on the pairs (i, i + D/2):
+//   out_i = x_i cos - x_{i+D/2} sin,  out_{i+D/2} = x_{i+D/2} cos + x_i sin.
+/** Scatters heads into head-major layout, applying RoPE when `rope` is given. */
+export function splitHeads(
+  dst: Float32Array,
+  src: Float32Array,
+  srcStride: number,
+  col: number,
+  B: number,
+  T: number,
+  heads: number,
+  D: number,
+  rope: RopeTable | null,
+): void {
+  const half = D / 2;
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T; t++) {
+      const rowOff = (b * T + t) * srcStride + col;
+      const cs = t * half;
+      for (let h = 0; h < heads; h++) {
+        const s = rowOff + h * D;
+        const d = ((b * heads + h) * T + t) * D;
+        if (rope === null) {
+          for (let i = 0; i < D; i++) dst[d + i] = src[s + i];
+          continue;
+        }
+        const cos = rope.cos;
+        const sin = rope.sin;
+        for (let i = 0; i < half; i++) {
+          const x1 = src[s + i];
+          const x2 = src[s + half + i];
+          const c = cos[cs + i];
+          const sn = sin[cs + i];
+          dst[d + i] = x1 * c - x2 * sn;
+          dst[d + half + i] = x2 * c + x1 * sn;
+        }
+      }
+    }
+  }
+}
+
+// src [B, heads, T, D] -> dst [B*T, dstStride] at columns [col, col + heads*D) (overwritten).
+// With a rope table this applies the inverse rotation (the transpose), which is exactly the backward
+// of splitHeads with RoPE: dx_i = dy_i cos + dy_{i+D/2} sin, dx_{i+D/2} = dy_{i+D/2} cos - dy_i sin.
+/** Gathers head-major vectors back into flat rows (also the backward of splitHeads). */
+export function mergeHeads(
+  dst: Float32Array,
+  dstStride: number,
+  col: number,
+  src: Float32Array,
+  B: number,
+  T: number,
+  heads: number,
+  D: number,
+  ropeInverse: RopeTable | null,
+): void {
+  const half = D / 2;
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < T; t++) {
+      const rowOff = (b * T + t) * dstStride + col;
+      const cs = t * half;
+      for (let h = 0; h < heads; h++) {
+        const d = rowOff + h * D;
+        const s = ((b * heads + h) * T + t) * D;
+        if (ropeInverse === null) {
+          for (let i = 0; i < D; i++) dst[d + i] = src[s + i];
+          continue;
+        }
+        const cos = ropeInverse.cos;
+        const sin = ropeInverse.sin;
+        for (let i = 0; i < half; i++) {
+          const y1 = src[s + i];
+          const y2 = src[s + half + i];
+          const c = cos[cs + i];
+          const sn = sin[cs + i];
+          dst[d + i] = y1 * c + y2 * sn;
+          dst[d + half + i] = y2 * c - y1 * sn;
+        }
+      }
+    }
+  }
+}
+
+// x [heads*D] at offset `off`, one token at position `pos` -> rotated in place (decode path).
+/** Applies RoPE to the heads of a single token row in place. */
+export function ropeRowInPlace(
+  x: Float32Array,
+  off: number,
+  heads: number,
+  D: number,
+  rope: RopeTable,
+  pos: number,
+): void {
+  const half = D / 2;
+  const cs = pos * half;
+  for (let h = 0; h < heads; h++) {
+    const s = off + h * D;
+    for (let i = 0; i < half; i++) {
+      const x1 = x[s + i];
+      const x2 = x[s + half + i];
+      const c = rope.cos[cs + i];
+      const sn = rope.sin[cs + i];
+      x[s + i] = x1 * c - x2 * sn;
+      x[s + half + i] = x2 * c + x1 * sn;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal grouped-query attention
+// ---------------------------------------------------------------------------------------------
+
+// q [B, H, T, D], k, v [B, KVH, T, D] (RoPE already applied) -> out [B, H, T, D], probs [B, H, T*T].
+// Query head h reads kv head floor(h / (H/KVH)) (HF repeat_kv). Row b attends only within its first
+// len = lengths[b] positions; probs of (b, h) is a dense [len, len] block at offset (b*H + h)*T*T with
+// zeros above the diagonal; out rows t >= len are zero.
+/** softmax(q k^T / sqrt(D) + causal mask) v, per batch row and head. */
+export function attentionForward(
+  kernels: Kernels,
+  out: Float32Array,
+  probs: Float32Array,
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  B: number,
+  T: number,
+  H: number,
+  KVH: number,
+  D: number,
+  lengths: Int32Array,
+): void {
+  const rep = H / KVH;
+  const scale = 1 / Math.sqrt(D);
+  for (let b = 0; b < B; b++) {
+    const len = lengths[b];
+    for (let h = 0; h < H; h++) {
+      const qOff = (b * H + h) * T * D;
+      const kvOff = (b * KVH + Math.floor(h / rep)) * T * D;
+      const pOff = (b * H + h) * T * T;
+      out.fill(0, qOff + len * D, qOff + T * D);
+      if (len === 0) continue;
+      const p = probs.subarray(pOff, pOff + len * len);
+      kernels.sgemm(false, true, len, len, D, scale, q.subarray(qOff), k.subarray(kvOff), 0, p);
+      causalSoftmaxInPlace(p, len);
+      kernels.sgemm(false, false, len, D, len, 1, p, v.subarray(kvOff), 0, out.subarray(qOff));
+    }
+  }
+}
+
+/** Row-wise softmax of a [len, len] score block over j <= i, zeroing j > i. */
+function causalSoftmaxInPlace(p: Float32Array, len: number): void {
+  for (let i = 0; i < len; i++) {
+    const row = i * len;
+    let max = Number.NEGATIVE_INFINITY;
+    for (let j = 0; j <= i; j++) if (p[row + j] > max) max = p[row + j];
+    let sum = 0;
+    for (let j = 0; j <= i; j++) {
+      const e = Math.exp(p[row + j] - max);
+      p[row + j] = e;
+      sum += e;
+    }
+    const inv = 1 / sum;
+    for (let j = 0; j <= i; j++) p[row + j] *= inv;
+    for (let j = i + 1; j < len; j++) p[row + j] = 0;
+  }
+}
+
+// dout [B, H, T, D] -> dq [B, H, T, D] (overwritten), dk, dv [B, KVH, T, D] (overwritten; the query
+// heads sharing a kv head are summed). dscores is a scratch of at least T*T floats.
+//   dP = dO V^T,  dS_ij = P_ij (dP_ij - sum_k P_ik dP_ik),  dQ = dS K / sqrt(D),
+//   dK = dS^T Q / sqrt(D),  dV = P^T dO.
+/** Backward of attentionForward. */
+export function attentionBackward(
+  kernels: Kernels,
+  dq: Float32Array,
+  dk: Float32Array,
+  dv: Float32Array,
+  dscores: Float32Array,
+  dout: Float32Array,
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  probs: Float32Array,
+  B: number,
+  T: number,
+  H: number,
+  KVH: number,
+  D: number,
+  lengths: Int32Array,
+): void {
+  const rep = H / KVH;
+  const scale = 1 / Math.sqrt(D);
+  dk.fill(0, 0, B * KVH * T * D);
+  dv.fill(0, 0, B * KVH * T * D);
+  for (let b = 0; b < B; b++) {
+    const len = lengths[b];
+    for (let h = 0; h < H; h++) {
+      const qOff = (b * H + h) * T * D;
+      const kvOff = (b * KVH + Math.floor(h / rep)) * T * D;
+      const pOff = (b * H + h) * T * T;
+      dq.fill(0, qOff + len * D, qOff + T * D);
+      if (len === 0) continue;
+      const p = probs.subarray(pOff, pOff + len * len);
+      const ds = dscores.subarray(0, len * len);
+      const dO = dout.subarray(qOff);
+      kernels.sgemm(false, true, len, len, D, 1, dO, v.subarray(kvOff), 0, ds);
+      for (let i = 0; i < len; i++) {
+        const row = i * len;
+        let dot = 0;
+        for (let j = 0; j <= i; j++) dot += p[row + j] * ds[row + j];
+        for (let j = 0; j <= i; j++) ds[row + j] = p[row + j] * (ds[row + j] - dot);
+        for (let j = i + 1; j < len; j++) ds[row + j] = 0;
+      }
+      kernels.sgemm(true, false, len, D, len, 1, p, dO, 1, dv.subarray(kvOff));
+      kernels.sgemm(false, false, len, D, len, scale, ds, k.subarray(kvOff), 0, dq.subarray(qOff));
+      kernels.sgemm(true, false, len, D, len, scale, ds, q.subarray(qOff), 1, dk.subarray(kvOff));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SiLU-gated MLP activation
+// ---------------------------------------------------------------------------------------------
+
+// gu [N, 2I] (gate in columns [0, I), up in [I, 2I)) -> h [N, I] = silu(gate) * up
+/** The SwiGLU nonlinearity between the fused gate/up projection and the down projection. */
+export function swigluForward(h: Float32Array, gu: Float32Array, N: number, I: number): void {
+  for (let n = 0; n < N; n++) {
+    const g0 = n * 2 * I;
+    const h0 = n * I;
+    for (let i = 0; i < I; i++) {
+      const g = gu[g0 + i];
+      h[h0 + i] = (g / (1 + Math.exp(-g))) * gu[g0 + I + i];
+    }
+  }
+}
+
+// dh [N, I] -> dgu [N, 2I] (overwritten). silu'(g) = s (1 + g (1 - s)) with s = sigmoid(g).
+/** Backward of swigluForward. */
+export function swigluBackward(
+  dgu: Float32Array,
+  dh: Float32Array,
+  gu: Float32Array,
+  N: number,
+  I: number,
+): void {
+  for (let n = 0; n < N; n++) {
+    const g0 = n * 2 * I;
+    const h0 = n * I;
+    for (let i = 0; i < I; i++) {
+      const g = gu[g0 + i];
+      const u = gu[g0 + I + i];
+      const s = 1 / (1 + Math.exp(-g));
+      const d = dh[h0 + i];
+      dgu[g0 + i] = d * u * s * (1 + g * (1 - s));
+      dgu[g0 + I + i] = d * g * s;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Log-softmax and gather of the next token
+// ---------------------------------------------------------------------------------------------
+
+// logits [B*T, V], ids [B, T] -> tokenLogprobs [B*T], lse [B*T].
+// Row b*T + t - 1 predicts ids[b*T + t]; entry t of tokenLogprobs is log p(ids[t] | ids[<t]) for
+// 1 <= t < lengths[b] and 0 elsewhere. lse is written only for the rows that predict something.
+/** Next-token log-probabilities of a batch. */
+export function tokenLogprobsForward(
+  tokenLogprobs: Float32Array,
+  lse: Float64Array,
+  logits: Float32Array,
+  ids: Int32Array,
+  lengths: Int32Array,
+  B: number,
+  T: number,
+  V: number,
+): void {
+  tokenLogprobs.fill(0, 0, B * T);
+  for (let b = 0; b < B; b++) {
+    for (let t = 1; t < lengths[b]; t++) {
+      const row = b * T + t - 1;
+      const z = logSumExp(logits, row * V, V);
+      lse[row] = z;
+      tokenLogprobs[b * T + t] = logits[row * V + ids[b * T + t]] - z;
+    }
+  }
+}
+
+// dTokenLogprobs [B*T] -> dlogits [B*T, V] (overwritten). For the row predicting token t:
+//   dlogits_j = g_t (1[j = ids[t]] - softmax_j).  Rows that predict nothing are zero.
+/** Backward of tokenLogprobsForward. */
+export function tokenLogprobsBackward(
+  dlogits: Float32Array,
+  dTokenLogprobs: ArrayLike<number>,
+  logits: Float32Array,
+  lse: Float64Array,
+  ids: Int32Array,
+  lengths: Int32Array,
+  B: number,
+  T: number,
+  V: number,
+): void {
+  dlogits.fill(0, 0, B * T * V);
+  for (let b = 0; b < B; b++) {
+    for (let t = 1; t < lengths[b]; t++) {
+      const g = dTokenLogprobs[b * T + t];
+      if (g === 0) continue;
+      const row = b * T + t - 1;
+      const off = row * V;
+      const z = lse[row];
+      for (let j = 0; j < V; j++) dlogits[off + j] = -g * Math.exp(logits[off + j] - z);
+      dlogits[off + ids[b * T + t]] += g;
+    }
+  }
+}
+
+/** log(sum_j exp(x[off + j])) over V entries, stable. */
+export function logSumExp(x: Float32Array, off: number, V: number): number {
+  let max = Number.NEGATIVE_INFINITY;
+  for (let j = 0; j < V; j++) if (x[off + j] > max) max = x[off + j];
+  let sum = 0;
+  for (let j = 0; j < V; j++) sum += Math.exp(x[off + j] - max);
+  return max + Math.log(sum);
+}

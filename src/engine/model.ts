@@ -1,0 +1,922 @@
+/**
+ * A Llama decoder (Hugging Face LlamaForCausalLM semantics, fp32) with hand-written forward and
+ * backward passes, plus the reward-model variant (LlamaForSequenceClassification score head) and
+ * incremental decoding with a KV cache.
+ *
+ * Memory: parameters live in one big buffer laid out in `llamaParamSpecs` order, gradients in a second
+ * buffer with the same layout, activations in one arena planned for the largest batch seen so far
+ * (`reserve` grows it only when needed), and decoding uses a second arena holding the KV cache. All
+ * of them come from `kernels.alloc`, so a WASM backend computes on them in place. The q/k/v and the
+ * gate/up projections are adjacent in the parameter order, so each pair runs as one fused matmul.
+ */
+import type { Rng } from "../util/rng.js";
+import { type LlamaConfig, type ModelDims, modelDims } from "./config.js";
+import type { Kernels } from "./kernels/types.js";
+import {
+  attentionBackward,
+  attentionForward,
+  embeddingBackward,
+  embeddingForward,
+  linearBackward,
+  linearForward,
+  mergeHeads,
+  RopeTable,
+  rmsnormBackward,
+  rmsnormForward,
+  ropeRowInPlace,
+  splitHeads,
+  swigluBackward,
+  swigluForward,
+  tokenLogprobsBackward,
+  tokenLogprobsForward,
+} from "./layers.js";
+import { llamaParamSpecs, type NamedTensor, numel, type ParamSpec } from "./params.js";
+
+/**
+ * A right-padded batch of token sequences. ids is row-major [batch, seqLen]; row b holds real tokens
+ * at t < lengths[b]. lossMask[b*seqLen + t] = 1 when token t (t >= 1) is scored as predicted from the
+ * tokens before it (a response mask over target positions); padding positions are never scored.
+ */
+export interface TokenBatch {
+  ids: Int32Array;
+  batch: number;
+  seqLen: number;
+  lengths: Int32Array;
+  lossMask: Uint8Array;
+}
+
+/** What `forward` returns. */
+export interface ForwardResult {
+  /** [batch*seqLen]: entry t = log p(ids[t] | ids[<t]); 0 at t = 0 and at padding. */
+  tokenLogprobs: Float32Array;
+  /** [batch]: sum of tokenLogprobs over the loss mask. */
+  seqLogprobs: Float64Array;
+  /** [batch]: number of scored tokens. */
+  tokenCounts: Int32Array;
+}
+
+/** Options of a model instance. */
+export interface LlamaModelOptions {
+  /** Add `score.weight` [1, hidden] (reward model) instead of an untied `lm_head.weight`. */
+  scoreHead?: boolean;
+}
+
+/** Options of `loadTensors`. */
+export interface LoadTensorsOptions {
+  /** Parameters that may be absent (they keep their current values), e.g. a fresh score head. */
+  allowMissing?: readonly string[];
+}
+
+/** Views into one layer's weights (or gradients); qkv and gu are the fused adjacent projections. */
+interface LayerWeights {
+  ln1: Float32Array; // [C]
+  qkv: Float32Array; // [qDim + 2*kvDim, C]
+  o: Float32Array; // [C, qDim]
+  ln2: Float32Array; // [C]
+  gu: Float32Array; // [2I, C]
+  down: Float32Array; // [C, I]
+}
+
+/** What one layer keeps from forward for backward. */
+interface LayerActivations {
+  ln1: Float32Array; // [N, C]
+  rstd1: Float32Array; // [N]
+  q: Float32Array; // [B, H, T, D] after RoPE
+  k: Float32Array; // [B, KVH, T, D] after RoPE
+  v: Float32Array; // [B, KVH, T, D]
+  probs: Float32Array; // [B, H, T*T]
+  attn: Float32Array; // [N, qDim] attention output before o_proj
+  xMid: Float32Array; // [N, C] residual after attention
+  ln2: Float32Array; // [N, C]
+  rstd2: Float32Array; // [N]
+  gu: Float32Array; // [N, 2I] gate | up
+  h: Float32Array; // [N, I] silu(gate) * up
+}
+
+/** The activation arena: per-layer state plus forward and backward scratch. */
+interface Activations {
+  tokens: number; // capacity in token rows N = B*T
+  probsPerLayer: number; // capacity B*H*T*T
+  scoresSquare: number; // capacity T*T
+  resid: Float32Array[]; // L+1 of [N, C]: input of each layer, then the last layer's output
+  layers: LayerActivations[];
+  lnf: Float32Array; // [N, C]
+  rstdf: Float32Array; // [N]
+  logits: Float32Array; // [N, V] (empty without an LM head)
+  lse: Float64Array; // [N]
+  qkvFlat: Float32Array; // [N, qkvDim]; also dqkv in backward
+  heads: Float32Array; // [B, H, T, D] attention output; also d(attention output) in backward
+  dResid: Float32Array; // [N, C]
+  dLn: Float32Array; // [N, C]
+  dq: Float32Array; // [B, H, T, D]
+  dk: Float32Array; // [B, KVH, T, D]
+  dv: Float32Array; // [B, KVH, T, D]
+  dAttn: Float32Array; // [N, qDim]
+  dScores: Float32Array; // [T*T]
+  dGu: Float32Array; // [N, 2I]
+  dH: Float32Array; // [N, I]
+  dLogits: Float32Array; // [N, V]
+}
+
+/** The batch whose activations are held for backward. */
+interface Pending {
+  kind: "lm" | "score";
+  ids: Int32Array;
+  lengths: Int32Array;
+  lossMask: Uint8Array;
+  B: number;
+  T: number;
+}
+
+/** Per-slot key/value storage for incremental decoding; create with `LlamaModel.createKvCache`. */
+export class KvCache {
+  /** Tokens stored so far in each slot (the position of the next token). */
+  readonly lengths: Int32Array;
+
+  /** Use `LlamaModel.createKvCache`. */
+  constructor(
+    readonly slots: number,
+    readonly maxLen: number,
+    /** Per layer [slots, KVH, maxLen, D], RoPE applied. */
+    readonly keys: Float32Array[],
+    /** Per layer [slots, KVH, maxLen, D]. */
+    readonly values: Float32Array[],
+    readonly generation: number,
+  ) {
+    this.lengths = new Int32Array(slots);
+  }
+}
+
+/** Scratch for `extendCache`, sized for `rows` token rows per chunk. */
+interface DecodeWorkspace {
+  rows: number;
+  x: Float32Array; // [R, C] residual stream
+  xn: Float32Array; // [R, C] normed
+  rstd: Float32Array; // [R]
+  qkv: Float32Array; // [R, qkvDim]
+  attn: Float32Array; // [R, qDim]
+  gu: Float32Array; // [R, 2I]
+  h: Float32Array; // [R, I]
+  qBlock: Float32Array; // [R*rep, D] queries of one slot and kv head
+  oBlock: Float32Array; // [R*rep, D]
+  scores: Float32Array; // [R*rep, maxLen]
+  xf: Float32Array; // [R, C] final-normed rows that want logits
+  logits: Float32Array; // [slots, V]
+}
+
+/** Rows in one chunk of cache extension; bounds decode scratch memory independently of prompt sizes. */
+const DECODE_CHUNK_ROWS = 256;
+/** Arena sub-buffers start on 64-byte boundaries, so SIMD kernels see aligned rows where they can. */
+const ALIGN = 16;
+
+/** Carves sub-buffers out of one allocation; a dry run (no buffer) only measures. */
+class Carver {
+  offset = 0;
+  constructor(private readonly buffer: Float32Array | null) {}
+
+  /** The next `length` floats. */
+  take(length: number): Float32Array {
+    const start = this.offset;
+    this.offset += Math.ceil(length / ALIGN) * ALIGN;
+    return this.buffer === null ? new Float32Array(0) : this.buffer.subarray(start, start + length);
+  }
+}
+
+/** Allocates a set of buffers in one piece: `plan` is called twice, first to measure, then to carve. */
+function carveArena<T>(kernels: Kernels, plan: (take: (length: number) => Float32Array) => T): T {
+  const dry = new Carver(null);
+  plan((n) => dry.take(n));
+  const real = new Carver(kernels.alloc(Math.max(dry.offset, 1)));
+  return plan((n) => real.take(n));
+}
+
+/** A Llama decoder with parameters, gradients and activations in kernel memory. */
+export class LlamaModel {
+  readonly config: LlamaConfig;
+  readonly dims: ModelDims;
+  readonly specs: ParamSpec[];
+  readonly params: Float32Array;
+  readonly grads: Float32Array;
+  readonly hasScoreHead: boolean;
+  /** True when next-token log-probs are available (lm_head.weight or tied embeddings). */
+  readonly hasLmHead: boolean;
+
+  private readonly kernels: Kernels;
+  private readonly index = new Map<string, { offset: number; shape: number[] }>();
+  private readonly qDim: number;
+  private readonly kvDim: number;
+  private readonly qkvDim: number;
+  private readonly rope: RopeTable;
+  private readonly weights: LayerWeights[];
+  private readonly gradWeights: LayerWeights[];
+  private acts: Activations | null = null;
+  private pending: Pending | null = null;
+  private decode: DecodeWorkspace | null = null;
+  private decodeFloats = 0;
+  private decodeArena: Float32Array | null = null;
+  private cacheGeneration = 0;
+
+  /** Allocates parameters and gradients (zero) for a config; fill them with initRandom or loadTensors. */
+  constructor(config: LlamaConfig, kernels: Kernels, options: LlamaModelOptions = {}) {
+    this.config = config;
+    this.kernels = kernels;
+    this.dims = modelDims(config);
+    this.hasScoreHead = options.scoreHead === true;
+    this.hasLmHead = !this.hasScoreHead || this.dims.tied;
+    this.specs = llamaParamSpecs(config, { scoreHead: this.hasScoreHead });
+    let total = 0;
+    for (const spec of this.specs) {
+      this.index.set(spec.name, { offset: total, shape: spec.shape });
+      total += numel(spec.shape);
+    }
+    this.params = kernels.alloc(total);
+    this.grads = kernels.alloc(total);
+    const d = this.dims;
+    this.qDim = d.heads * d.headDim;
+    this.kvDim = d.kvHeads * d.headDim;
+    this.qkvDim = this.qDim + 2 * this.kvDim;
+    this.rope = new RopeTable(d.headDim, d.ropeTheta);
+    this.weights = [];
+    this.gradWeights = [];
+    for (let l = 0; l < d.layers; l++) {
+      this.weights.push(this.layerViews(this.params, l));
+      this.gradWeights.push(this.layerViews(this.grads, l));
+    }
+  }
+
+  /** Views of layer l's weights in `buffer`, checking that the fused pairs really are adjacent. */
+  private layerViews(buffer: Float32Array, l: number): LayerWeights {
+    const p = `model.layers.${l}`;
+    const d = this.dims;
+    const q = this.offsetOf(`${p}.self_attn.q_proj.weight`);
+    const gate = this.offsetOf(`${p}.mlp.gate_proj.weight`);
+    if (
+      this.offsetOf(`${p}.self_attn.v_proj.weight`) !== q + (this.qDim + this.kvDim) * d.hidden ||
+      this.offsetOf(`${p}.mlp.up_proj.weight`) !== gate + d.intermediate * d.hidden
+    )
+      throw new Error("llamaParamSpecs order changed: q/k/v and gate/up must stay adjacent");
+    const view = (off: number, n: number): Float32Array => buffer.subarray(off, off + n);
+    return {
+      ln1: this.view(buffer, `${p}.input_layernorm.weight`),
+      qkv: view(q, this.qkvDim * d.hidden),
+      o: this.view(buffer, `${p}.self_attn.o_proj.weight`),
+      ln2: this.view(buffer, `${p}.post_attention_layernorm.weight`),
+      gu: view(gate, 2 * d.intermediate * d.hidden),
+      down: this.view(buffer, `${p}.mlp.down_proj.weight`),
+    };
+  }
+
+  private view(buffer: Float32Array, name: string): Float32Array {
+    const entry = this.entry(name);
+    return buffer.subarray(entry.offset, entry.offset + numel(entry.shape));
+  }
+
+  private entry(name: string): { offset: number; shape: number[] } {
+    const entry = this.index.get(name);
+    if (entry === undefined) throw new Error(`unknown parameter "${name}"`);
+    return entry;
+  }
+
+  /** The LM head weight [V, C] (the embedding when tied), or null for a pure reward model. */
+  private lmHead(buffer: Float32Array): Float32Array | null {
+    if (!this.hasLmHead) return null;
+    return this.view(buffer, this.dims.tied ? "model.embed_tokens.weight" : "lm_head.weight");
+  }
+
+  /** A view of one parameter tensor. */
+  tensor(name: string): Float32Array {
+    return this.view(this.params, name);
+  }
+
+  /** A view of one parameter's gradient. */
+  gradTensor(name: string): Float32Array {
+    return this.view(this.grads, name);
+  }
+
+  /** Offset of a parameter in `params` and `grads`. */
+  offsetOf(name: string): number {
+    return this.entry(name).offset;
+  }
+
+  /** Number of parameters. */
+  get numParams(): number {
+    return this.params.length;
+  }
+
+  /**
+   * Copies tensors into the parameters by name, checking shapes. Unknown names are ignored (HF
+   * checkpoints may carry e.g. lm_head.weight next to tied embeddings); a missing tensor is an error
+   * naming it unless listed in allowMissing.
+   */
+  loadTensors(tensors: Iterable<NamedTensor>, options: LoadTensorsOptions = {}): void {
+    const seen = new Set<string>();
+    for (const t of tensors) {
+      const entry = this.index.get(t.name);
+      if (entry === undefined) continue;
+      if (t.shape.length !== entry.shape.length || t.shape.some((s, i) => s !== entry.shape[i]))
+        throw new Error(
+          `tensor "${t.name}" has shape [${t.shape.join(", ")}], expected [${entry.shape.join(", ")}]`,
+        );
+      const n = numel(entry.shape);
+      if (t.data.length !== n)
+        throw new Error(`tensor "${t.name}" has ${t.data.length} values, expected ${n}`);
+      this.params.set(t.data, entry.offset);
+      seen.add(t.name);
+    }
+    const allowed = new Set(options.allowMissing ?? []);
+    for (const spec of this.specs)
+      if (!seen.has(spec.name) && !allowed.has(spec.name)) throw new Error(`missing tensor "${spec.name}"`);
+  }
+
+  /** Views of all parameters in spec order (for checkpoints). */
+  namedTensors(): NamedTensor[] {
+    return this.specs.map((s) => ({ name: s.name, shape: s.shape.slice(), data: this.tensor(s.name) }));
+  }
+
+  /** HF-style init: matrices ~ normal(0, std), norm weights 1. */
+  initRandom(rng: Rng, std = 0.02): void {
+    for (const spec of this.specs) {
+      const data = this.tensor(spec.name);
+      if (spec.shape.length === 1) data.fill(1);
+      else for (let i = 0; i < data.length; i++) data[i] = rng.normal() * std;
+    }
+  }
+
+  /** Sets all gradients to zero. */
+  zeroGrad(): void {
+    this.grads.fill(0);
+  }
+
+  /** Makes sure activations fit a [batch, seqLen] batch; grows (never shrinks) the arena. */
+  reserve(batch: number, seqLen: number): void {
+    const d = this.dims;
+    const tokens = batch * seqLen;
+    const probs = batch * d.heads * seqLen * seqLen;
+    const square = seqLen * seqLen;
+    const a = this.acts;
+    if (a !== null && tokens <= a.tokens && probs <= a.probsPerLayer && square <= a.scoresSquare) return;
+    const N = Math.max(tokens, a?.tokens ?? 0);
+    const P = Math.max(probs, a?.probsPerLayer ?? 0);
+    const S = Math.max(square, a?.scoresSquare ?? 0);
+    const { hidden: C, intermediate: I, vocab: V } = d;
+    const V_ = this.hasLmHead ? V : 0;
+    this.acts = carveArena(this.kernels, (take) => ({
+      tokens: N,
+      probsPerLayer: P,
+      scoresSquare: S,
+      resid: Array.from({ length: d.layers + 1 }, () => take(N * C)),
+      layers: Array.from({ length: d.layers }, () => ({
+        ln1: take(N * C),
+        rstd1: take(N),
+        q: take(N * this.qDim),
+        k: take(N * this.kvDim),
+        v: take(N * this.kvDim),
+        probs: take(P),
+        attn: take(N * this.qDim),
+        xMid: take(N * C),
+        ln2: take(N * C),
+        rstd2: take(N),
+        gu: take(N * 2 * I),
+        h: take(N * I),
+      })),
+      lnf: take(N * C),
+      rstdf: take(N),
+      logits: take(N * V_),
+      lse: new Float64Array(N),
+      qkvFlat: take(N * this.qkvDim),
+      heads: take(N * this.qDim),
+      dResid: take(N * C),
+      dLn: take(N * C),
+      dq: take(N * this.qDim),
+      dk: take(N * this.kvDim),
+      dv: take(N * this.kvDim),
+      dAttn: take(N * this.qDim),
+      dScores: take(S),
+      dGu: take(N * 2 * I),
+      dH: take(N * I),
+      dLogits: take(N * V_),
+    }));
+    this.pending = null;
+  }
+
+  private checkBatch(batch: TokenBatch): void {
+    const { batch: B, seqLen: T, ids, lengths, lossMask } = batch;
+    if (!Number.isInteger(B) || B < 1 || !Number.isInteger(T) || T < 1)
+      throw new Error(`batch shape must be positive integers, got [${B}, ${T}]`);
+    if (ids.length !== B * T) throw new Error(`ids has ${ids.length} entries, expected ${B * T}`);
+    if (lengths.length !== B) throw new Error(`lengths has ${lengths.length} entries, expected ${B}`);
+    if (lossMask.length !== B * T)
+      throw new Error(`lossMask has ${lossMask.length} entries, expected ${B * T}`);
+    const V = this.dims.vocab;
+    for (let b = 0; b < B; b++) {
+      const len = lengths[b];
+      if (!(len >= 0 && len <= T)) throw new Error(`lengths[${b}] = ${len} is outside [0, ${T}]`);
+      for (let t = 0; t < len; t++) {
+        const id = ids[b * T + t];
+        if (!(id >= 0 && id < V))
+          throw new Error(`token id ${id} at row ${b}, position ${t} is outside [0, ${V})`);
+      }
+    }
+  }
+
+  // ids [B, T] -> acts.lnf [N, C] (final-normed hidden states), keeping every layer's activations.
+  private backboneForward(ids: Int32Array, lengths: Int32Array, B: number, T: number): Activations {
+    this.reserve(B, T);
+    this.rope.ensure(T);
+    const a = this.acts!;
+    const d = this.dims;
+    const k = this.kernels;
+    const { hidden: C, intermediate: I, heads: H, kvHeads: KVH, headDim: D, eps } = d;
+    const N = B * T;
+    const qDim = this.qDim;
+    const kvDim = this.kvDim;
+    embeddingForward(a.resid[0], ids, lengths, B, T, this.tensor("model.embed_tokens.weight"), C);
+    for (let l = 0; l < d.layers; l++) {
+      const w = this.weights[l];
+      const s = a.layers[l];
+      const x = a.resid[l];
+      const out = a.resid[l + 1];
+      rmsnormForward(s.ln1, s.rstd1, x, w.ln1, N, C, eps);
+      linearForward(k, a.qkvFlat, s.ln1, w.qkv, N, C, this.qkvDim);
+      splitHeads(s.q, a.qkvFlat, this.qkvDim, 0, B, T, H, D, this.rope);
+      splitHeads(s.k, a.qkvFlat, this.qkvDim, qDim, B, T, KVH, D, this.rope);
+      splitHeads(s.v, a.qkvFlat, this.qkvDim, qDim + kvDim, B, T, KVH, D, null);
+      attentionForward(k, a.heads, s.probs, s.q, s.k, s.v, B, T, H, KVH, D, lengths);
+      mergeHeads(s.attn, qDim, 0, a.heads, B, T, H, D, null);
+      s.xMid.set(x.subarray(0, N * C));
+      linearForward(k, s.xMid, s.attn, w.o, N, qDim, C, true);
+      rmsnormForward(s.ln2, s.rstd2, s.xMid, w.ln2, N, C, eps);
+      linearForward(k, s.gu, s.ln2, w.gu, N, C, 2 * I);
+      swigluForward(s.h, s.gu, N, I);
+      out.set(s.xMid.subarray(0, N * C));
+      linearForward(k, out, s.h, w.down, N, I, C, true);
+    }
+    rmsnormForward(a.lnf, a.rstdf, a.resid[d.layers], this.tensor("model.norm.weight"), N, C, eps);
+    return a;
+  }
+
+  // dLnf [N, C] (gradient of the final-normed hidden states) -> accumulates every parameter gradient.
+  private backboneBackward(dLnf: Float32Array, p: Pending): void {
+    const a = this.acts!;
+    const d = this.dims;
+    const k = this.kernels;
+    const { hidden: C, intermediate: I, heads: H, kvHeads: KVH, headDim: D } = d;
+    const { B, T, ids, lengths } = p;
+    const N = B * T;
+    const qDim = this.qDim;
+    const kvDim = this.kvDim;
+    const dResid = a.dResid;
+    dResid.fill(0, 0, N * C);
+    rmsnormBackward(
+      dResid,
+      this.gradTensor("model.norm.weight"),
+      dLnf,
+      a.resid[d.layers],
+      this.tensor("model.norm.weight"),
+      a.rstdf,
+      N,
+      C,
+    );
+    for (let l = d.layers - 1; l >= 0; l--) {
+      const w = this.weights[l];
+      const g = this.gradWeights[l];
+      const s = a.layers[l];
+      // MLP: out = xMid + down(swiglu(gu(rmsnorm(xMid))))
+      linearBackward(k, a.dH, g.down, dResid, s.h, w.down, N, I, C);
+      swigluBackward(a.dGu, a.dH, s.gu, N, I);
+      linearBackward(k, a.dLn, g.gu, a.dGu, s.ln2, w.gu, N, C, 2 * I);
+      rmsnormBackward(dResid, g.ln2, a.dLn, s.xMid, w.ln2, s.rstd2, N, C);
+      // attention: xMid = x + o(attention(rope(q), rope(k), v))
+      linearBackward(k, a.dAttn, g.o, dResid, s.attn, w.o, N, qDim, C);
+      splitHeads(a.heads, a.dAttn, qDim, 0, B, T, H, D, null);
+      attentionBackward(
+        k,
+        a.dq,
+        a.dk,
+        a.dv,
+        a.dScores,
+        a.heads,
+        s.q,
+        s.k,
+        s.v,
+        s.probs,
+        B,
+        T,
+        H,
+        KVH,
+        D,
+        lengths,
+      );
+      mergeHeads(a.qkvFlat, this.qkvDim, 0, a.dq, B, T, H, D, this.rope);
+      mergeHeads(a.qkvFlat, this.qkvDim, qDim, a.dk, B, T, KVH, D, this.rope);
+      mergeHeads(a.qkvFlat, this.qkvDim, qDim + kvDim, a.dv, B, T, KVH, D, null);
+      linearBackward(k, a.dLn, g.qkv, a.qkvFlat, s.ln1, w.qkv, N, C, this.qkvDim);
+      rmsnormBackward(dResid, g.ln1, a.dLn, a.resid[l], w.ln1, s.rstd1, N, C);
+    }
+    embeddingBackward(this.gradTensor("model.embed_tokens.weight"), dResid, ids, lengths, B, T, C);
+  }
+
+  private remember(kind: "lm" | "score", batch: TokenBatch): Pending {
+    this.pending = {
+      kind,
+      ids: batch.ids.slice(),
+      lengths: batch.lengths.slice(),
+      lossMask: batch.lossMask.slice(),
+      B: batch.batch,
+      T: batch.seqLen,
+    };
+    return this.pending;
+  }
+
+  private requirePending(kind: "lm" | "score"): Pending {
+    const p = this.pending;
+    if (p === null || p.kind !== kind)
+      throw new Error(
+        `backward needs the activations of a preceding ${kind === "lm" ? "forward" : "forwardScores"} call`,
+      );
+    return p;
+  }
+
+  /** Next-token log-probs of a batch; keeps activations for backward. */
+  forward(batch: TokenBatch): ForwardResult {
+    const lmHead = this.lmHead(this.params);
+    if (lmHead === null) throw new Error("this reward model has no LM head; use forwardScores");
+    this.checkBatch(batch);
+    const { batch: B, seqLen: T, ids, lengths, lossMask } = batch;
+    const N = B * T;
+    const V = this.dims.vocab;
+    const a = this.backboneForward(ids, lengths, B, T);
+    linearForward(this.kernels, a.logits, a.lnf, lmHead, N, this.dims.hidden, V);
+    const tokenLogprobs = new Float32Array(N);
+    tokenLogprobsForward(tokenLogprobs, a.lse, a.logits, ids, lengths, B, T, V);
+    const seqLogprobs = new Float64Array(B);
+    const tokenCounts = new Int32Array(B);
+    for (let b = 0; b < B; b++) {
+      for (let t = 1; t < lengths[b]; t++) {
+        if (lossMask[b * T + t] === 0) continue;
+        seqLogprobs[b] += tokenLogprobs[b * T + t];
+        tokenCounts[b]++;
+      }
+    }
+    this.remember("lm", batch);
+    return { tokenLogprobs, seqLogprobs, tokenCounts };
+  }
+
+  /** Full logits [batch*seqLen, vocab] (row b*T + t scores the token after position t); a fresh copy. */
+  forwardLogits(batch: TokenBatch): Float32Array {
+    this.forward(batch);
+    return this.acts!.logits.slice(0, batch.batch * batch.seqLen * this.dims.vocab);
+  }
+
+  /**
+   * Backward from d(loss)/d(tokenLogprobs) [batch*seqLen] of the last forward; ACCUMULATES into grads.
+   * Entries at t = 0 and padding are ignored. May be called more than once per forward.
+   */
+  backward(dTokenLogprobs: ArrayLike<number>): void {
+    const p = this.requirePending("lm");
+    const { B, T, ids, lengths } = p;
+    const N = B * T;
+    if (dTokenLogprobs.length !== N)
+      throw new Error(`dTokenLogprobs has ${dTokenLogprobs.length} entries, expected ${N}`);
+    const a = this.acts!;
+    const { vocab: V, hidden: C } = this.dims;
+    tokenLogprobsBackward(a.dLogits, dTokenLogprobs, a.logits, a.lse, ids, lengths, B, T, V);
+    linearBackward(
+      this.kernels,
+      a.dLn,
+      this.lmHead(this.grads)!,
+      a.dLogits,
+      a.lnf,
+      this.lmHead(this.params)!,
+      N,
+      C,
+      V,
+    );
+    this.backboneBackward(a.dLn, p);
+  }
+
+  /** Backward from d(loss)/d(seqLogprobs) [batch], spread over each row's loss mask; accumulates. */
+  backwardSeq(dSeqLogprobs: ArrayLike<number>): void {
+    const p = this.requirePending("lm");
+    if (dSeqLogprobs.length !== p.B)
+      throw new Error(`dSeqLogprobs has ${dSeqLogprobs.length} entries, expected ${p.B}`);
+    const dTok = new Float32Array(p.B * p.T);
+    for (let b = 0; b < p.B; b++) {
+      const g = dSeqLogprobs[b];
+      for (let t = 1; t < p.lengths[b]; t++) if (p.lossMask[b * p.T + t] !== 0) dTok[b * p.T + t] = g;
+    }
+    this.backward(dTok);
+  }
+
+  /**
+   * Reward scores [batch]: score.weight . (final-normed hidden state at the last real token), as HF
+   * LlamaForSequenceClassification. Every row needs at least one token. Keeps activations for backward.
+   */
+  forwardScores(batch: TokenBatch): Float32Array {
+    if (!this.hasScoreHead) throw new Error("this model has no score head (construct with scoreHead: true)");
+    this.checkBatch(batch);
+    const { batch: B, seqLen: T, ids, lengths } = batch;
+    for (let b = 0; b < B; b++)
+      if (lengths[b] < 1) throw new Error(`row ${b} is empty: a score needs a token`);
+    const a = this.backboneForward(ids, lengths, B, T);
+    const w = this.tensor("score.weight");
+    const C = this.dims.hidden;
+    const scores = new Float32Array(B);
+    for (let b = 0; b < B; b++) {
+      const off = (b * T + lengths[b] - 1) * C;
+      let s = 0;
+      for (let i = 0; i < C; i++) s += w[i] * a.lnf[off + i];
+      scores[b] = s;
+    }
+    this.remember("score", batch);
+    return scores;
+  }
+
+  /** Backward from d(loss)/d(scores) [batch] of the last forwardScores; accumulates into grads. */
+  backwardScores(dScores: ArrayLike<number>): void {
+    const p = this.requirePending("score");
+    if (dScores.length !== p.B) throw new Error(`dScores has ${dScores.length} entries, expected ${p.B}`);
+    const a = this.acts!;
+    const C = this.dims.hidden;
+    const w = this.tensor("score.weight");
+    const dw = this.gradTensor("score.weight");
+    const dLnf = a.dLn;
+    dLnf.fill(0, 0, p.B * p.T * C);
+    for (let b = 0; b < p.B; b++) {
+      const g = dScores[b];
+      const off = (b * p.T + p.lengths[b] - 1) * C;
+      for (let i = 0; i < C; i++) {
+        dLnf[off + i] = g * w[i];
+        dw[i] += g * a.lnf[off + i];
+      }
+    }
+    this.backboneBackward(dLnf, p);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Incremental decoding
+  // -------------------------------------------------------------------------------------------
+
+  /**
+   * A KV cache for `slots` sequences of up to `maxLen` tokens each. Its memory is reused by the next
+   * createKvCache call (kernel memory cannot be freed), which makes this cache stale.
+   */
+  createKvCache(slots: number, maxLen: number): KvCache {
+    if (!Number.isInteger(slots) || slots < 1 || !Number.isInteger(maxLen) || maxLen < 1)
+      throw new Error(`KV cache needs positive integer slots and maxLen, got ${slots} and ${maxLen}`);
+    const d = this.dims;
+    const { hidden: C, intermediate: I, headDim: D, kvHeads: KVH } = d;
+    const R = DECODE_CHUNK_ROWS;
+    const rep = d.heads / KVH;
+    const perCache = slots * KVH * maxLen * D;
+    const plan = (take: (n: number) => Float32Array) => ({
+      keys: Array.from({ length: d.layers }, () => take(perCache)),
+      values: Array.from({ length: d.layers }, () => take(perCache)),
+      work: {
+        rows: R,
+        x: take(R * C),
+        xn: take(R * C),
+        rstd: take(R),
+        qkv: take(R * this.qkvDim),
+        attn: take(R * this.qDim),
+        gu: take(R * 2 * I),
+        h: take(R * I),
+        qBlock: take(R * rep * D),
+        oBlock: take(R * rep * D),
+        scores: take(R * rep * maxLen),
+        xf: take(R * C),
+        logits: take(slots * (this.hasLmHead ? d.vocab : 0)),
+      } satisfies DecodeWorkspace,
+    });
+    const dry = new Carver(null);
+    plan((n) => dry.take(n));
+    if (this.decodeArena === null || dry.offset > this.decodeFloats) {
+      this.decodeArena = this.kernels.alloc(dry.offset);
+      this.decodeFloats = dry.offset;
+    }
+    const carver = new Carver(this.decodeArena);
+    const layout = plan((n) => carver.take(n));
+    this.decode = layout.work;
+    this.rope.ensure(maxLen);
+    this.cacheGeneration++;
+    return new KvCache(slots, maxLen, layout.keys, layout.values, this.cacheGeneration);
+  }
+
+  /**
+   * Appends prompt i to slot i of the cache (after what the slot holds) and returns logits
+   * [prompts.length, vocab] for each prompt's last token: a view valid until the next cache call.
+   */
+  prefill(cache: KvCache, prompts: readonly ArrayLike<number>[]): Float32Array {
+    if (prompts.length > cache.slots)
+      throw new Error(`${prompts.length} prompts do not fit a cache of ${cache.slots} slots`);
+    let rows = 0;
+    for (let i = 0; i < prompts.length; i++) {
+      if (prompts[i].length < 1) throw new Error(`prompt ${i} is empty`);
+      rows += prompts[i].length;
+    }
+    const rowSlot = new Int32Array(rows);
+    const rowToken = new Int32Array(rows);
+    const wantLogits = new Uint8Array(rows);
+    let r = 0;
+    for (let i = 0; i < prompts.length; i++) {
+      const prompt = prompts[i];
+      for (let t = 0; t < prompt.length; t++, r++) {
+        rowSlot[r] = i;
+        rowToken[r] = prompt[t];
+      }
+      wantLogits[r - 1] = 1;
+    }
+    return this.extendCache(cache, rowSlot, rowToken, wantLogits);
+  }
+
+  /**
+   * Appends tokens[i] to slot slots[i] for i < slots.length (distinct slots) and returns logits
+   * [slots.length, vocab] for each: a view valid until the next cache call.
+   */
+  decodeStep(cache: KvCache, slots: Int32Array, tokens: Int32Array): Float32Array {
+    if (tokens.length !== slots.length)
+      throw new Error(`decodeStep got ${slots.length} slots and ${tokens.length} tokens`);
+    if (slots.length > cache.slots)
+      throw new Error(`decodeStep got ${slots.length} rows for a cache of ${cache.slots} slots`);
+    return this.extendCache(cache, slots, tokens, new Uint8Array(slots.length).fill(1));
+  }
+
+  // Rows (slot, token) in order: each slot's rows consecutive and in sequence order -> logits of the
+  // flagged rows [count, V]. Processes rows in chunks of DECODE_CHUNK_ROWS; K/V of a chunk are written
+  // to the cache before its attention, so later rows of a slot see earlier ones.
+  private extendCache(
+    cache: KvCache,
+    rowSlot: Int32Array,
+    rowToken: Int32Array,
+    wantLogits: Uint8Array,
+  ): Float32Array {
+    if (cache.generation !== this.cacheGeneration || this.decode === null)
+      throw new Error("this KV cache is stale: a newer createKvCache call reused its memory");
+    const lmHead = this.lmHead(this.params);
+    if (lmHead === null) throw new Error("this reward model has no LM head to decode with");
+    const d = this.dims;
+    const V = d.vocab;
+    const total = rowSlot.length;
+    const positions = new Int32Array(total);
+    const next = cache.lengths.slice();
+    for (let r = 0; r < total; r++) {
+      const slot = rowSlot[r];
+      if (!(slot >= 0 && slot < cache.slots)) throw new Error(`slot ${slot} is outside [0, ${cache.slots})`);
+      const id = rowToken[r];
+      if (!(id >= 0 && id < V)) throw new Error(`token id ${id} is outside [0, ${V})`);
+      if (next[slot] >= cache.maxLen) throw new Error(`slot ${slot} is full (${cache.maxLen} tokens)`);
+      positions[r] = next[slot]++;
+    }
+    const w = this.decode;
+    let produced = 0;
+    for (let start = 0; start < total; start += w.rows) {
+      const end = Math.min(total, start + w.rows);
+      produced = this.extendChunk(
+        cache,
+        rowSlot,
+        rowToken,
+        positions,
+        wantLogits,
+        start,
+        end,
+        lmHead,
+        produced,
+      );
+    }
+    cache.lengths.set(next);
+    return w.logits.subarray(0, produced * V);
+  }
+
+  // One chunk of rows [start, end): the decoder on M = end - start rows, attention against the cache.
+  private extendChunk(
+    cache: KvCache,
+    rowSlot: Int32Array,
+    rowToken: Int32Array,
+    positions: Int32Array,
+    wantLogits: Uint8Array,
+    start: number,
+    end: number,
+    lmHead: Float32Array,
+    produced: number,
+  ): number {
+    const w = this.decode!;
+    const k = this.kernels;
+    const d = this.dims;
+    const { hidden: C, intermediate: I, heads: H, kvHeads: KVH, headDim: D, eps, vocab: V } = d;
+    const M = end - start;
+    const qDim = this.qDim;
+    const kvDim = this.kvDim;
+    const qkvDim = this.qkvDim;
+    const embed = this.tensor("model.embed_tokens.weight");
+    for (let i = 0; i < M; i++)
+      w.x.set(embed.subarray(rowToken[start + i] * C, rowToken[start + i] * C + C), i * C);
+    for (let l = 0; l < d.layers; l++) {
+      const lw = this.weights[l];
+      const keys = cache.keys[l];
+      const values = cache.values[l];
+      rmsnormForward(w.xn, w.rstd, w.x, lw.ln1, M, C, eps);
+      linearForward(k, w.qkv, w.xn, lw.qkv, M, C, qkvDim);
+      for (let i = 0; i < M; i++) {
+        const pos = positions[start + i];
+        const slot = rowSlot[start + i];
+        const row = i * qkvDim;
+        ropeRowInPlace(w.qkv, row, H, D, this.rope, pos);
+        ropeRowInPlace(w.qkv, row + qDim, KVH, D, this.rope, pos);
+        for (let kh = 0; kh < KVH; kh++) {
+          const dst = ((slot * KVH + kh) * cache.maxLen + pos) * D;
+          keys.set(w.qkv.subarray(row + qDim + kh * D, row + qDim + kh * D + D), dst);
+          values.set(w.qkv.subarray(row + qDim + kvDim + kh * D, row + qDim + kvDim + kh * D + D), dst);
+        }
+      }
+      this.cachedAttention(cache, l, rowSlot, positions, start, M);
+      linearForward(k, w.x, w.attn, lw.o, M, qDim, C, true);
+      rmsnormForward(w.xn, w.rstd, w.x, lw.ln2, M, C, eps);
+      linearForward(k, w.gu, w.xn, lw.gu, M, C, 2 * I);
+      swigluForward(w.h, w.gu, M, I);
+      linearForward(k, w.x, w.h, lw.down, M, I, C, true);
+    }
+    let m = 0;
+    for (let i = 0; i < M; i++) {
+      if (wantLogits[start + i] === 0) continue;
+      w.xf.set(w.x.subarray(i * C, i * C + C), m * C);
+      m++;
+    }
+    if (m === 0) return produced;
+    rmsnormForward(w.xf, w.rstd, w.xf, this.tensor("model.norm.weight"), m, C, eps);
+    linearForward(k, w.logits.subarray(produced * V), w.xf, lmHead, m, C, V);
+    return produced + m;
+  }
+
+  // w.qkv rows of the chunk (RoPE applied, K/V already in the cache) -> w.attn [M, qDim]. Consecutive
+  // rows of one slot form a block; per kv head, its rep query heads of all block rows are one matmul
+  // against the slot's cached keys, masked causally by position.
+  private cachedAttention(
+    cache: KvCache,
+    layer: number,
+    rowSlot: Int32Array,
+    positions: Int32Array,
+    start: number,
+    M: number,
+  ): void {
+    const w = this.decode!;
+    const k = this.kernels;
+    const { heads: H, kvHeads: KVH, headDim: D } = this.dims;
+    const rep = H / KVH;
+    const qkvDim = this.qkvDim;
+    const qDim = this.qDim;
+    const scale = 1 / Math.sqrt(D);
+    const keys = cache.keys[layer];
+    const values = cache.values[layer];
+    let i0 = 0;
+    while (i0 < M) {
+      const slot = rowSlot[start + i0];
+      let i1 = i0 + 1;
+      while (
+        i1 < M &&
+        rowSlot[start + i1] === slot &&
+        positions[start + i1] === positions[start + i1 - 1] + 1
+      )
+        i1++;
+      const n = i1 - i0;
+      const p0 = positions[start + i0];
+      const keyLen = p0 + n;
+      const rowsQ = n * rep;
+      for (let kh = 0; kh < KVH; kh++) {
+        const kvOff = (slot * KVH + kh) * cache.maxLen * D;
+        // a single row's rep query heads are already contiguous: skip the gather
+        const q = n === 1 ? w.qkv.subarray(i0 * qkvDim + kh * rep * D) : w.qBlock;
+        const o = n === 1 ? w.attn.subarray(i0 * qDim + kh * rep * D) : w.oBlock;
+        if (n > 1)
+          for (let i = 0; i < n; i++)
+            w.qBlock.set(
+              w.qkv.subarray((i0 + i) * qkvDim + kh * rep * D, (i0 + i) * qkvDim + (kh + 1) * rep * D),
+              i * rep * D,
+            );
+        const s = w.scores;
+        k.sgemm(false, true, rowsQ, keyLen, D, scale, q, keys.subarray(kvOff), 0, s);
+        for (let i = 0; i < n; i++) {
+          const visible = p0 + i + 1;
+          for (let r = 0; r < rep; r++) {
+            const row = (i * rep + r) * keyLen;
+            let max = Number.NEGATIVE_INFINITY;
+            for (let j = 0; j < visible; j++) if (s[row + j] > max) max = s[row + j];
+            let sum = 0;
+            for (let j = 0; j < visible; j++) {
+              const e = Math.exp(s[row + j] - max);
+              s[row + j] = e;
+              sum += e;
+            }
+            const inv = 1 / sum;
+            for (let j = 0; j < visible; j++) s[row + j] *= inv;
+            for (let j = visible; j < keyLen; j++) s[row + j] = 0;
+          }
+        }
+        k.sgemm(false, false, rowsQ, D, keyLen, 1, s, values.subarray(kvOff), 0, o);
+        if (n > 1)
+          for (let i = 0; i < n; i++)
+            w.attn.set(w.oBlock.subarray(i * rep * D, (i + 1) * rep * D), (i0 + i) * qDim + kh * rep * D);
+      }
+      i0 = i1;
+    }
+  }
+}
