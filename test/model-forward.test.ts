@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { type LlamaConfig, LlamaConfigSchema } from "../src/engine/config.js";
 import { PlainKernels } from "../src/engine/kernels/plain.js";
+import { fastExp } from "../src/engine/layers.js";
 import { LlamaModel, type TokenBatch } from "../src/engine/model.js";
 import { Rng } from "../src/util/rng.js";
 
@@ -290,4 +291,21 @@ test("bad batches are rejected with the offending position", () => {
   const short = makeBatch([[1, 2, 3]], 3, 0);
   short.lengths[0] = 4;
   assert.throws(() => model.forward(short), /lengths\[0\] = 4/);
+});
+
+test("fastExp agrees with Math.exp to 1e-8 relative over the fp32 range and handles the edges", () => {
+  const rng = new Rng(12);
+  let worst = 0;
+  for (let i = 0; i < 20000; i++) {
+    const x = (rng.next() - 0.5) * 200;
+    const e = Math.exp(x);
+    if (e < 1e-37 || e > 1e38) continue;
+    worst = Math.max(worst, Math.abs(fastExp(x) - e) / e);
+  }
+  assert.ok(worst < 1e-8, `worst relative error ${worst}`);
+  assert.equal(fastExp(0), 1);
+  assert.equal(fastExp(Number.NEGATIVE_INFINITY), 0);
+  assert.equal(fastExp(-1000), 0);
+  assert.equal(fastExp(1000), Number.POSITIVE_INFINITY);
+  assert.ok(Number.isNaN(fastExp(Number.NaN)));
 });

@@ -16,6 +16,7 @@ import {
   splitHeads,
   swigluBackward,
   swigluForward,
+  swigluRecompute,
   tokenLogprobsBackward,
   tokenLogprobsForward,
 } from "../src/engine/layers.js";
@@ -203,12 +204,17 @@ test("SwiGLU backward matches finite differences", () => {
   const gu = randn(rng, N * 2 * I, 2);
   const R = randn(rng, N * I);
   const h = new Float32Array(N * I);
+  const sig = new Float32Array(N * I);
   const loss = () => {
-    swigluForward(h, gu, N, I);
+    swigluForward(h, sig, gu, N, I);
     return dot(h, R);
   };
+  loss();
+  const rebuilt = new Float32Array(N * I);
+  swigluRecompute(rebuilt, gu, sig, N, I);
+  assert.deepEqual(rebuilt, h);
   const dgu = new Float32Array(N * 2 * I);
-  swigluBackward(dgu, R, gu, N, I);
+  swigluBackward(dgu, R, gu, sig, N, I);
   assert.ok(checkGrad("dgu", loss, gu, dgu, allCoords(gu.length), LAYER_TOL) < 1e-3);
 });
 
@@ -238,14 +244,14 @@ test("next-token log-softmax backward matches finite differences", () => {
   const logits = randn(rng, B * T * V, 2);
   const c = randn(rng, B * T);
   const lp = new Float32Array(B * T);
-  const lse = new Float64Array(B * T);
+  const probs = new Float32Array(B * T * V);
   const loss = () => {
-    tokenLogprobsForward(lp, lse, logits, ids, lengths, B, T, V);
+    tokenLogprobsForward(lp, probs, logits, ids, lengths, B, T, V);
     return dot(lp, c);
   };
   loss();
   const dlogits = new Float32Array(B * T * V);
-  tokenLogprobsBackward(dlogits, c, logits, lse, ids, lengths, B, T, V);
+  tokenLogprobsBackward(dlogits, c, probs, ids, lengths, B, T, V);
   assert.ok(checkGrad("dlogits", loss, logits, dlogits, allCoords(logits.length), LAYER_TOL) < 1e-3);
 });
 

@@ -17,6 +17,7 @@ import {
   attentionForward,
   embeddingBackward,
   embeddingForward,
+  fastExp,
   linearBackward,
   linearForward,
   mergeHeads,
@@ -27,6 +28,7 @@ import {
   splitHeads,
   swigluBackward,
   swigluForward,
+  swigluRecompute,
   tokenLogprobsBackward,
   tokenLogprobsForward,
 } from "./layers.js";
@@ -90,7 +92,7 @@ interface LayerActivations {
   ln2: Float32Array; // [N, C]
   rstd2: Float32Array; // [N]
   gu: Float32Array; // [N, 2I] gate | up
-  h: Float32Array; // [N, I] silu(gate) * up
+  sig: Float32Array; // [N, I] sigmoid(gate)
 }
 
 /** The activation arena: per-layer state plus forward and backward scratch. */
@@ -103,7 +105,8 @@ interface Activations {
   lnf: Float32Array; // [N, C]
   rstdf: Float32Array; // [N]
   logits: Float32Array; // [N, V] (empty without an LM head)
-  lse: Float64Array; // [N]
+  probs: Float32Array; // [N, V] softmax of the rows that predict a token
+  h: Float32Array; // [N, I] silu(gate) * up of the current layer
   qkvFlat: Float32Array; // [N, qkvDim]; also dqkv in backward
   heads: Float32Array; // [B, H, T, D] attention output; also d(attention output) in backward
   dResid: Float32Array; // [N, C]
@@ -157,6 +160,7 @@ interface DecodeWorkspace {
   attn: Float32Array; // [R, qDim]
   gu: Float32Array; // [R, 2I]
   h: Float32Array; // [R, I]
+  sig: Float32Array; // [R, I]
   qBlock: Float32Array; // [R*rep, D] queries of one slot and kv head
   oBlock: Float32Array; // [R*rep, D]
   scores: Float32Array; // [R*rep, maxLen]
@@ -377,12 +381,13 @@ export class LlamaModel {
         ln2: take(N * C),
         rstd2: take(N),
         gu: take(N * 2 * I),
-        h: take(N * I),
+        sig: take(N * I),
       })),
       lnf: take(N * C),
       rstdf: take(N),
       logits: take(N * V_),
-      lse: new Float64Array(N),
+      probs: take(N * V_),
+      h: take(N * I),
       qkvFlat: take(N * this.qkvDim),
       heads: take(N * this.qDim),
       dResid: take(N * C),
@@ -447,9 +452,9 @@ export class LlamaModel {
       linearForward(k, s.xMid, s.attn, w.o, N, qDim, C, true);
       rmsnormForward(s.ln2, s.rstd2, s.xMid, w.ln2, N, C, eps);
       linearForward(k, s.gu, s.ln2, w.gu, N, C, 2 * I);
-      swigluForward(s.h, s.gu, N, I);
+      swigluForward(a.h, s.sig, s.gu, N, I);
       out.set(s.xMid.subarray(0, N * C));
-      linearForward(k, out, s.h, w.down, N, I, C, true);
+      linearForward(k, out, a.h, w.down, N, I, C, true);
     }
     rmsnormForward(a.lnf, a.rstdf, a.resid[d.layers], this.tensor("model.norm.weight"), N, C, eps);
     return a;
@@ -482,8 +487,9 @@ export class LlamaModel {
       const g = this.gradWeights[l];
       const s = a.layers[l];
       // MLP: out = xMid + down(swiglu(gu(rmsnorm(xMid))))
-      linearBackward(k, a.dH, g.down, dResid, s.h, w.down, N, I, C);
-      swigluBackward(a.dGu, a.dH, s.gu, N, I);
+      swigluRecompute(a.h, s.gu, s.sig, N, I);
+      linearBackward(k, a.dH, g.down, dResid, a.h, w.down, N, I, C);
+      swigluBackward(a.dGu, a.dH, s.gu, s.sig, N, I);
       linearBackward(k, a.dLn, g.gu, a.dGu, s.ln2, w.gu, N, C, 2 * I);
       rmsnormBackward(dResid, g.ln2, a.dLn, s.xMid, w.ln2, s.rstd2, N, C);
       // attention: xMid = x + o(attention(rope(q), rope(k), v))
@@ -548,7 +554,7 @@ export class LlamaModel {
     const a = this.backboneForward(ids, lengths, B, T);
     linearForward(this.kernels, a.logits, a.lnf, lmHead, N, this.dims.hidden, V);
     const tokenLogprobs = new Float32Array(N);
-    tokenLogprobsForward(tokenLogprobs, a.lse, a.logits, ids, lengths, B, T, V);
+    tokenLogprobsForward(tokenLogprobs, a.probs, a.logits, ids, lengths, B, T, V);
     const seqLogprobs = new Float64Array(B);
     const tokenCounts = new Int32Array(B);
     for (let b = 0; b < B; b++) {
@@ -580,7 +586,7 @@ export class LlamaModel {
       throw new Error(`dTokenLogprobs has ${dTokenLogprobs.length} entries, expected ${N}`);
     const a = this.acts!;
     const { vocab: V, hidden: C } = this.dims;
-    tokenLogprobsBackward(a.dLogits, dTokenLogprobs, a.logits, a.lse, ids, lengths, B, T, V);
+    tokenLogprobsBackward(a.dLogits, dTokenLogprobs, a.probs, ids, lengths, B, T, V);
     linearBackward(
       this.kernels,
       a.dLn,
@@ -681,6 +687,7 @@ export class LlamaModel {
         attn: take(R * this.qDim),
         gu: take(R * 2 * I),
         h: take(R * I),
+        sig: take(R * I),
         qBlock: take(R * rep * D),
         oBlock: take(R * rep * D),
         scores: take(R * rep * maxLen),
@@ -832,7 +839,7 @@ export class LlamaModel {
       linearForward(k, w.x, w.attn, lw.o, M, qDim, C, true);
       rmsnormForward(w.xn, w.rstd, w.x, lw.ln2, M, C, eps);
       linearForward(k, w.gu, w.xn, lw.gu, M, C, 2 * I);
-      swigluForward(w.h, w.gu, M, I);
+      swigluForward(w.h, w.sig, w.gu, M, I);
       linearForward(k, w.x, w.h, lw.down, M, I, C, true);
     }
     let m = 0;
@@ -902,7 +909,7 @@ export class LlamaModel {
             for (let j = 0; j < visible; j++) if (s[row + j] > max) max = s[row + j];
             let sum = 0;
             for (let j = 0; j < visible; j++) {
-              const e = Math.exp(s[row + j] - max);
+              const e = fastExp(s[row + j] - max);
               s[row + j] = e;
               sum += e;
             }
