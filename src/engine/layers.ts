@@ -19,7 +19,7 @@ const ROUND_TO_INT = 6755399441055744;
  * |r| <= ln2/2, e^r by its degree-7 Taylor polynomial.
  */
 export function fastExp(x: number): number {
-  if (!(x > -103)) return x === x ? 0 : x;
+  if (!(x > -103)) return Number.isNaN(x) ? x : 0;
   if (x > 88.7) return Number.POSITIVE_INFINITY;
   const k = x * Math.LOG2E + ROUND_TO_INT - ROUND_TO_INT;
   const r = x - k * 0.6931471803691238 - k * 1.9082149292705877e-10;
