@@ -1,0 +1,575 @@
+// WebAssembly SIMD kernels for the engine, compiled by scripts/build-wasm.mjs into build/kernels.wasm.
+//
+// The module imports one shared memory; the host (src/engine/kernels/wasm.ts) owns every byte of it,
+// passes raw byte addresses, and gives each thread its own packing workspace. Nothing here allocates,
+// and there are no data segments, so every worker can instantiate the module on the same memory
+// without re-initialising anything.
+//
+// sgemm follows the usual cache-blocked layout: a KC x NC panel of op(B) is packed into NR-wide strips
+// (so the micro-kernel streams it contiguously from L1/L2), an MC x KC block of op(A) into MR-tall
+// strips, and a 4 x 8 register tile accumulates one MR x NR block of C over KC steps. V8 keeps the
+// 8 accumulators, 2 B vectors and the broadcast A value in xmm registers without spills; larger tiles
+// measured no faster once spills appear. Every element of C is the same sequence of fp32 operations
+// whatever tile, edge or thread computes it, so threaded results are bit-identical to one thread.
+
+const MR: i32 = 4;
+const NR: i32 = 8;
+const KC: i32 = 256;
+const MC: i32 = 128;
+const NC: i32 = 2048;
+
+/** Floats of workspace one thread needs for sgemmPacked (packed A block, packed B panel, edge tile). */
+export function packedWorkspaceFloats(): i32 {
+  return MC * KC + KC * NC + MR * NR;
+}
+
+/** Rows of C per register tile; the host splits rows between threads in multiples of it. */
+export function tileRows(): i32 {
+  return MR;
+}
+
+/** Columns of C per register tile; the host splits columns between threads in multiples of it. */
+export function tileCols(): i32 {
+  return NR;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Packing. A(i, k) lives at a + 4 * (i * rsA + k * csA): (rsA, csA) = (lda, 1) plain, (1, lda) transposed.
+
+@inline
+function transpose4(r0: v128, r1: v128, r2: v128, r3: v128, dst: usize, stride: usize): void {
+  const t0 = f32x4.shuffle(r0, r1, 0, 4, 1, 5);
+  const t1 = f32x4.shuffle(r0, r1, 2, 6, 3, 7);
+  const t2 = f32x4.shuffle(r2, r3, 0, 4, 1, 5);
+  const t3 = f32x4.shuffle(r2, r3, 2, 6, 3, 7);
+  v128.store(dst, f32x4.shuffle(t0, t2, 0, 1, 4, 5));
+  v128.store(dst + stride, f32x4.shuffle(t0, t2, 2, 3, 6, 7));
+  v128.store(dst + 2 * stride, f32x4.shuffle(t1, t3, 0, 1, 4, 5));
+  v128.store(dst + 3 * stride, f32x4.shuffle(t1, t3, 2, 3, 6, 7));
+}
+
+/** Packs rows [i0, i0+mc) x cols [k0, k0+kc) of op(A) into MR-tall strips, k-major, zero-padded. */
+function packA(transA: bool, a: usize, lda: i32, i0: i32, k0: i32, mc: i32, kc: i32, dst: usize): void {
+  const ld = <usize>lda << 2;
+  for (let i = 0; i < mc; i += MR) {
+    const rows = min(MR, mc - i);
+    const strip = dst + (<usize>(i * kc) << 2);
+    if (rows == MR && transA) {
+      // op(A) rows are contiguous in storage for each k: one vector copy per k.
+      let src = a + <usize>k0 * ld + (<usize>(i0 + i) << 2);
+      for (let k = 0; k < kc; k++) {
+        v128.store(strip + (<usize>k << 4), v128.load(src));
+        src += ld;
+      }
+    } else if (rows == MR) {
+      const src = a + <usize>(i0 + i) * ld + (<usize>k0 << 2);
+      let k = 0;
+      for (; k + 4 <= kc; k += 4) {
+        const s = src + (<usize>k << 2);
+        transpose4(
+          v128.load(s),
+          v128.load(s + ld),
+          v128.load(s + 2 * ld),
+          v128.load(s + 3 * ld),
+          strip + (<usize>k << 4),
+          16,
+        );
+      }
+      for (; k < kc; k++) {
+        for (let r = 0; r < MR; r++) {
+          store<f32>(strip + (<usize>(k * MR + r) << 2), load<f32>(src + <usize>r * ld + (<usize>k << 2)));
+        }
+      }
+    } else {
+      for (let k = 0; k < kc; k++) {
+        for (let r = 0; r < MR; r++) {
+          let v: f32 = 0;
+          if (r < rows) {
+            const ii = <usize>(i0 + i + r);
+            const kk = <usize>(k0 + k);
+            v = transA ? load<f32>(a + kk * ld + (ii << 2)) : load<f32>(a + ii * ld + (kk << 2));
+          }
+          store<f32>(strip + (<usize>(k * MR + r) << 2), v);
+        }
+      }
+    }
+  }
+}
+
+/** Packs rows [k0, k0+kc) x cols [j0, j0+nc) of op(B) into NR-wide strips, k-major, zero-padded. */
+function packB(transB: bool, b: usize, ldb: i32, k0: i32, j0: i32, kc: i32, nc: i32, dst: usize): void {
+  const ld = <usize>ldb << 2;
+  for (let j = 0; j < nc; j += NR) {
+    const cols = min(NR, nc - j);
+    const strip = dst + (<usize>(j * kc) << 2);
+    if (cols == NR && !transB) {
+      let src = b + <usize>k0 * ld + (<usize>(j0 + j) << 2);
+      for (let k = 0; k < kc; k++) {
+        const d = strip + (<usize>k << 5);
+        v128.store(d, v128.load(src));
+        v128.store(d, v128.load(src, 16), 16);
+        src += ld;
+      }
+    } else if (cols == NR) {
+      // B is stored [N, K]: transpose 4 x 4 blocks so each k row of the strip is contiguous.
+      const src = b + <usize>(j0 + j) * ld + (<usize>k0 << 2);
+      let k = 0;
+      for (; k + 4 <= kc; k += 4) {
+        const s = src + (<usize>k << 2);
+        const d = strip + (<usize>k << 5);
+        transpose4(v128.load(s), v128.load(s + ld), v128.load(s + 2 * ld), v128.load(s + 3 * ld), d, 32);
+        const s4 = s + 4 * ld;
+        transpose4(
+          v128.load(s4),
+          v128.load(s4 + ld),
+          v128.load(s4 + 2 * ld),
+          v128.load(s4 + 3 * ld),
+          d + 16,
+          32,
+        );
+      }
+      for (; k < kc; k++) {
+        for (let c = 0; c < NR; c++) {
+          store<f32>(strip + (<usize>(k * NR + c) << 2), load<f32>(src + <usize>c * ld + (<usize>k << 2)));
+        }
+      }
+    } else {
+      for (let k = 0; k < kc; k++) {
+        for (let c = 0; c < NR; c++) {
+          let v: f32 = 0;
+          if (c < cols) {
+            const jj = <usize>(j0 + j + c);
+            const kk = <usize>(k0 + k);
+            v = transB ? load<f32>(b + jj * ld + (kk << 2)) : load<f32>(b + kk * ld + (jj << 2));
+          }
+          store<f32>(strip + (<usize>(k * NR + c) << 2), v);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Micro-kernel: C[0:mr, 0:nr] = alpha * (Apanel * Bpanel) + beta * C (beta == 0: C is never read).
+
+@inline
+function update(acc: v128, c: usize, alpha: v128, beta: v128, overwrite: bool): void {
+  if (overwrite) v128.store(c, f32x4.mul(alpha, acc));
+  else v128.store(c, f32x4.add(f32x4.mul(alpha, acc), f32x4.mul(beta, v128.load(c))));
+}
+
+function micro4x8(
+  kc: i32,
+  pa: usize,
+  pb: usize,
+  c: usize,
+  ldcBytes: usize,
+  alpha: f32,
+  beta: f32,
+  mr: i32,
+  nr: i32,
+  tile: usize,
+): void {
+  let c00 = f32x4.splat(0);
+  let c01 = f32x4.splat(0);
+  let c10 = f32x4.splat(0);
+  let c11 = f32x4.splat(0);
+  let c20 = f32x4.splat(0);
+  let c21 = f32x4.splat(0);
+  let c30 = f32x4.splat(0);
+  let c31 = f32x4.splat(0);
+  for (let k = 0; k < kc; k++) {
+    const b0 = v128.load(pb);
+    const b1 = v128.load(pb, 16);
+    let a = v128.load32_splat(pa);
+    c00 = f32x4.add(c00, f32x4.mul(a, b0));
+    c01 = f32x4.add(c01, f32x4.mul(a, b1));
+    a = v128.load32_splat(pa, 4);
+    c10 = f32x4.add(c10, f32x4.mul(a, b0));
+    c11 = f32x4.add(c11, f32x4.mul(a, b1));
+    a = v128.load32_splat(pa, 8);
+    c20 = f32x4.add(c20, f32x4.mul(a, b0));
+    c21 = f32x4.add(c21, f32x4.mul(a, b1));
+    a = v128.load32_splat(pa, 12);
+    c30 = f32x4.add(c30, f32x4.mul(a, b0));
+    c31 = f32x4.add(c31, f32x4.mul(a, b1));
+    pa += 16;
+    pb += 32;
+  }
+  const va = f32x4.splat(alpha);
+  const vb = f32x4.splat(beta);
+  const overwrite = beta == 0;
+  if (mr == MR && nr == NR) {
+    update(c00, c, va, vb, overwrite);
+    update(c01, c + 16, va, vb, overwrite);
+    c += ldcBytes;
+    update(c10, c, va, vb, overwrite);
+    update(c11, c + 16, va, vb, overwrite);
+    c += ldcBytes;
+    update(c20, c, va, vb, overwrite);
+    update(c21, c + 16, va, vb, overwrite);
+    c += ldcBytes;
+    update(c30, c, va, vb, overwrite);
+    update(c31, c + 16, va, vb, overwrite);
+    return;
+  }
+  // Edge tile: park the sums, then update only the elements that exist, with the same fp32 ops.
+  v128.store(tile, c00);
+  v128.store(tile, c01, 16);
+  v128.store(tile, c10, 32);
+  v128.store(tile, c11, 48);
+  v128.store(tile, c20, 64);
+  v128.store(tile, c21, 80);
+  v128.store(tile, c30, 96);
+  v128.store(tile, c31, 112);
+  for (let r = 0; r < mr; r++) {
+    const row = c + <usize>r * ldcBytes;
+    for (let j = 0; j < nr; j++) {
+      const s = load<f32>(tile + (<usize>(r * NR + j) << 2));
+      const p = row + (<usize>j << 2);
+      if (overwrite) store<f32>(p, alpha * s);
+      else store<f32>(p, alpha * s + beta * load<f32>(p));
+    }
+  }
+}
+
+/** C = beta * C for K == 0, where there is nothing to multiply (beta == 0 clears NaN too). */
+function scaleC(M: i32, N: i32, beta: f32, c: usize, ldc: i32): void {
+  for (let i = 0; i < M; i++) {
+    const row = c + (<usize>(i * ldc) << 2);
+    for (let j = 0; j < N; j++) {
+      const p = row + (<usize>j << 2);
+      store<f32>(p, beta == 0 ? 0 : beta * load<f32>(p));
+    }
+  }
+}
+
+/**
+ * C = alpha * op(A) op(B) + beta * C, blocked and packed; good for every shape, best when M is not tiny.
+ * Addresses are byte offsets into the shared memory, leading dimensions are in floats, and work must
+ * hold packedWorkspaceFloats() floats private to the calling thread.
+ */
+export function sgemmPacked(
+  transA: bool,
+  transB: bool,
+  M: i32,
+  N: i32,
+  K: i32,
+  alpha: f32,
+  a: usize,
+  lda: i32,
+  b: usize,
+  ldb: i32,
+  beta: f32,
+  c: usize,
+  ldc: i32,
+  work: usize,
+): void {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    scaleC(M, N, beta, c, ldc);
+    return;
+  }
+  const packedA = work;
+  const packedB = packedA + (<usize>(MC * KC) << 2);
+  const tile = packedB + (<usize>(KC * NC) << 2);
+  const ldcBytes = <usize>ldc << 2;
+  for (let jc = 0; jc < N; jc += NC) {
+    const nc = min(NC, N - jc);
+    for (let pc = 0; pc < K; pc += KC) {
+      const kc = min(KC, K - pc);
+      // Later K blocks accumulate onto what the first one wrote.
+      const betaBlock: f32 = pc == 0 ? beta : 1;
+      packB(transB, b, ldb, pc, jc, kc, nc, packedB);
+      for (let ic = 0; ic < M; ic += MC) {
+        const mc = min(MC, M - ic);
+        packA(transA, a, lda, ic, pc, mc, kc, packedA);
+        for (let jr = 0; jr < nc; jr += NR) {
+          const nr = min(NR, nc - jr);
+          const pb = packedB + (<usize>(jr * kc) << 2);
+          const cCol = c + (<usize>(jc + jr) << 2);
+          for (let ir = 0; ir < mc; ir += MR) {
+            const mr = min(MR, mc - ir);
+            micro4x8(
+              kc,
+              packedA + (<usize>(ir * kc) << 2),
+              pb,
+              cCol + <usize>(ic + ir) * ldcBytes,
+              ldcBytes,
+              alpha,
+              betaBlock,
+              mr,
+              nr,
+              tile,
+            );
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Skinny M (decode steps, a few sequences): packing B would cost as much as the product, so these
+// stream B in place. A is read in place too (strided when transposed, which is cheap for so few rows).
+
+@inline
+function hsum(v: v128): f32 {
+  return (
+    f32x4.extract_lane(v, 0) +
+    f32x4.extract_lane(v, 1) +
+    (f32x4.extract_lane(v, 2) + f32x4.extract_lane(v, 3))
+  );
+}
+
+@inline
+function finish(p: usize, s: f32, alpha: f32, beta: f32): void {
+  if (beta == 0) store<f32>(p, alpha * s);
+  else store<f32>(p, alpha * s + beta * load<f32>(p));
+}
+
+/** One element of A B^T for a row of A and a row of B, both contiguous over K. */
+@inline
+function dot1(a: usize, b: usize, K: i32): f32 {
+  let acc = f32x4.splat(0);
+  let k = 0;
+  for (; k + 4 <= K; k += 4) {
+    const o = <usize>k << 2;
+    acc = f32x4.add(acc, f32x4.mul(v128.load(a + o), v128.load(b + o)));
+  }
+  let s = hsum(acc);
+  for (; k < K; k++) s += load<f32>(a + (<usize>k << 2)) * load<f32>(b + (<usize>k << 2));
+  return s;
+}
+
+/** C = alpha A B^T + beta C for A [M, K] row-major (not transposed) and B [N, K]; any M, best M <= 8. */
+function smallNT(
+  M: i32,
+  N: i32,
+  K: i32,
+  alpha: f32,
+  a: usize,
+  lda: i32,
+  b: usize,
+  ldb: i32,
+  beta: f32,
+  c: usize,
+  ldc: i32,
+): void {
+  const la = <usize>lda << 2;
+  const lb = <usize>ldb << 2;
+  const lc = <usize>ldc << 2;
+  let j = 0;
+  for (; j + 4 <= N; j += 4) {
+    const b0 = b + <usize>j * lb;
+    const b1 = b0 + lb;
+    const b2 = b1 + lb;
+    const b3 = b2 + lb;
+    let i = 0;
+    for (; i + 2 <= M; i += 2) {
+      const a0 = a + <usize>i * la;
+      const a1 = a0 + la;
+      let s00 = f32x4.splat(0);
+      let s01 = f32x4.splat(0);
+      let s02 = f32x4.splat(0);
+      let s03 = f32x4.splat(0);
+      let s10 = f32x4.splat(0);
+      let s11 = f32x4.splat(0);
+      let s12 = f32x4.splat(0);
+      let s13 = f32x4.splat(0);
+      let k = 0;
+      for (; k + 4 <= K; k += 4) {
+        const o = <usize>k << 2;
+        const x0 = v128.load(a0 + o);
+        const x1 = v128.load(a1 + o);
+        const y0 = v128.load(b0 + o);
+        const y1 = v128.load(b1 + o);
+        const y2 = v128.load(b2 + o);
+        const y3 = v128.load(b3 + o);
+        s00 = f32x4.add(s00, f32x4.mul(x0, y0));
+        s01 = f32x4.add(s01, f32x4.mul(x0, y1));
+        s02 = f32x4.add(s02, f32x4.mul(x0, y2));
+        s03 = f32x4.add(s03, f32x4.mul(x0, y3));
+        s10 = f32x4.add(s10, f32x4.mul(x1, y0));
+        s11 = f32x4.add(s11, f32x4.mul(x1, y1));
+        s12 = f32x4.add(s12, f32x4.mul(x1, y2));
+        s13 = f32x4.add(s13, f32x4.mul(x1, y3));
+      }
+      let t00 = hsum(s00);
+      let t01 = hsum(s01);
+      let t02 = hsum(s02);
+      let t03 = hsum(s03);
+      let t10 = hsum(s10);
+      let t11 = hsum(s11);
+      let t12 = hsum(s12);
+      let t13 = hsum(s13);
+      for (; k < K; k++) {
+        const o = <usize>k << 2;
+        const x0 = load<f32>(a0 + o);
+        const x1 = load<f32>(a1 + o);
+        const y0 = load<f32>(b0 + o);
+        const y1 = load<f32>(b1 + o);
+        const y2 = load<f32>(b2 + o);
+        const y3 = load<f32>(b3 + o);
+        t00 += x0 * y0;
+        t01 += x0 * y1;
+        t02 += x0 * y2;
+        t03 += x0 * y3;
+        t10 += x1 * y0;
+        t11 += x1 * y1;
+        t12 += x1 * y2;
+        t13 += x1 * y3;
+      }
+      const c0 = c + <usize>i * lc + (<usize>j << 2);
+      const c1 = c0 + lc;
+      finish(c0, t00, alpha, beta);
+      finish(c0 + 4, t01, alpha, beta);
+      finish(c0 + 8, t02, alpha, beta);
+      finish(c0 + 12, t03, alpha, beta);
+      finish(c1, t10, alpha, beta);
+      finish(c1 + 4, t11, alpha, beta);
+      finish(c1 + 8, t12, alpha, beta);
+      finish(c1 + 12, t13, alpha, beta);
+    }
+    for (; i < M; i++) {
+      const a0 = a + <usize>i * la;
+      const c0 = c + <usize>i * lc + (<usize>j << 2);
+      finish(c0, dot1(a0, b0, K), alpha, beta);
+      finish(c0 + 4, dot1(a0, b1, K), alpha, beta);
+      finish(c0 + 8, dot1(a0, b2, K), alpha, beta);
+      finish(c0 + 12, dot1(a0, b3, K), alpha, beta);
+    }
+  }
+  for (; j < N; j++) {
+    const b0 = b + <usize>j * lb;
+    for (let i = 0; i < M; i++) {
+      finish(c + <usize>i * lc + (<usize>j << 2), dot1(a + <usize>i * la, b0, K), alpha, beta);
+    }
+  }
+}
+
+/** C = alpha op(A) B + beta C for B [K, N] row-major; rows of B stream through once per 4 rows of C. */
+function smallNN(
+  transA: bool,
+  M: i32,
+  N: i32,
+  K: i32,
+  alpha: f32,
+  a: usize,
+  lda: i32,
+  b: usize,
+  ldb: i32,
+  beta: f32,
+  c: usize,
+  ldc: i32,
+): void {
+  const la = <usize>lda << 2;
+  const lb = <usize>ldb << 2;
+  const lc = <usize>ldc << 2;
+  // Address step of op(A)(i, k) along i and along k.
+  const stepI: usize = transA ? 4 : la;
+  const stepK: usize = transA ? la : 4;
+  const va = f32x4.splat(alpha);
+  const vb = f32x4.splat(beta);
+  const overwrite = beta == 0;
+  for (let i = 0; i < M; i += 4) {
+    const rows = min(4, M - i);
+    const ai = a + <usize>i * stepI;
+    // Rows past M read row 0 again (always valid) and are never stored.
+    const o1: usize = rows > 1 ? stepI : 0;
+    const o2: usize = rows > 2 ? 2 * stepI : 0;
+    const o3: usize = rows > 3 ? 3 * stepI : 0;
+    let j = 0;
+    for (; j + 8 <= N; j += 8) {
+      let c00 = f32x4.splat(0);
+      let c01 = f32x4.splat(0);
+      let c10 = f32x4.splat(0);
+      let c11 = f32x4.splat(0);
+      let c20 = f32x4.splat(0);
+      let c21 = f32x4.splat(0);
+      let c30 = f32x4.splat(0);
+      let c31 = f32x4.splat(0);
+      let pa = ai;
+      let pb = b + (<usize>j << 2);
+      for (let k = 0; k < K; k++) {
+        const b0 = v128.load(pb);
+        const b1 = v128.load(pb, 16);
+        let x = v128.load32_splat(pa);
+        c00 = f32x4.add(c00, f32x4.mul(x, b0));
+        c01 = f32x4.add(c01, f32x4.mul(x, b1));
+        x = v128.load32_splat(pa + o1);
+        c10 = f32x4.add(c10, f32x4.mul(x, b0));
+        c11 = f32x4.add(c11, f32x4.mul(x, b1));
+        x = v128.load32_splat(pa + o2);
+        c20 = f32x4.add(c20, f32x4.mul(x, b0));
+        c21 = f32x4.add(c21, f32x4.mul(x, b1));
+        x = v128.load32_splat(pa + o3);
+        c30 = f32x4.add(c30, f32x4.mul(x, b0));
+        c31 = f32x4.add(c31, f32x4.mul(x, b1));
+        pa += stepK;
+        pb += lb;
+      }
+      const c0 = c + <usize>i * lc + (<usize>j << 2);
+      update(c00, c0, va, vb, overwrite);
+      update(c01, c0 + 16, va, vb, overwrite);
+      if (rows > 1) {
+        update(c10, c0 + lc, va, vb, overwrite);
+        update(c11, c0 + lc + 16, va, vb, overwrite);
+      }
+      if (rows > 2) {
+        update(c20, c0 + 2 * lc, va, vb, overwrite);
+        update(c21, c0 + 2 * lc + 16, va, vb, overwrite);
+      }
+      if (rows > 3) {
+        update(c30, c0 + 3 * lc, va, vb, overwrite);
+        update(c31, c0 + 3 * lc + 16, va, vb, overwrite);
+      }
+    }
+    // Leftover columns: scalar, with the same fp32 operation order as a vector lane.
+    for (; j < N; j++) {
+      for (let r = 0; r < rows; r++) {
+        let s: f32 = 0;
+        let pa = ai + <usize>r * stepI;
+        let pb = b + (<usize>j << 2);
+        for (let k = 0; k < K; k++) {
+          s += load<f32>(pa) * load<f32>(pb);
+          pa += stepK;
+          pb += lb;
+        }
+        finish(c + <usize>(i + r) * lc + (<usize>j << 2), s, alpha, beta);
+      }
+    }
+  }
+}
+
+/**
+ * C = alpha * op(A) op(B) + beta * C without packing, for few rows of C (decode). Not for transA
+ * together with transB (the host routes that to sgemmPacked). Same addressing as sgemmPacked.
+ */
+export function sgemmSmall(
+  transA: bool,
+  transB: bool,
+  M: i32,
+  N: i32,
+  K: i32,
+  alpha: f32,
+  a: usize,
+  lda: i32,
+  b: usize,
+  ldb: i32,
+  beta: f32,
+  c: usize,
+  ldc: i32,
+): void {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    scaleC(M, N, beta, c, ldc);
+    return;
+  }
+  if (transB) {
+    if (transA) unreachable();
+    smallNT(M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+  } else {
+    smallNN(transA, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+}

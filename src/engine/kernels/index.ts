@@ -1,0 +1,72 @@
+import { existsSync } from "node:fs";
+import { availableParallelism } from "node:os";
+import { fileURLToPath } from "node:url";
+import { PlainKernels } from "./plain.js";
+import type { Kernels } from "./types.js";
+import { loadKernelsModule, WasmKernels } from "./wasm.js";
+import type { WasmModule } from "./webassembly.js";
+
+export { PlainKernels, plainSgemm } from "./plain.js";
+export type { Kernels } from "./types.js";
+export type { KernelsExtras } from "./wasm.js";
+export { WasmKernels } from "./wasm.js";
+
+/** Options of createKernels. */
+export interface CreateKernelsOptions {
+  /** "auto": WASM SIMD when build/kernels.wasm loads here, else plain; "wasm" fails if it cannot. */
+  backend?: "auto" | "wasm" | "plain";
+  /** Threads for the WASM backend, the main thread included (default: every core). */
+  threads?: number;
+  /** Path of the compiled kernels (default: build/kernels.wasm at the package root). */
+  wasmPath?: string;
+}
+
+/** Kernels as createKernels returns them: `warning` says why "auto" fell back to plain, if it did. */
+export type CreatedKernels = Kernels & { readonly warning?: string };
+
+/** Where `npm run build:wasm` writes the kernels: the package root's build/ (this file is in dist/src/engine/kernels/). */
+export function defaultWasmPath(): string {
+  return fileURLToPath(new URL("../../../../build/kernels.wasm", import.meta.url));
+}
+
+/** Plain kernels that carry the reason the WASM backend was not used. */
+class FallbackKernels extends PlainKernels {
+  /** Sets the one-line reason. */
+  constructor(readonly warning: string) {
+    super();
+  }
+}
+
+let cachedModule: { path: string; module: WasmModule } | undefined;
+
+/** Compiles the kernels once per path; throws with a one-line reason when that is impossible. */
+function kernelsModule(path: string): WasmModule {
+  if (cachedModule?.path === path) return cachedModule.module;
+  if (!existsSync(path)) throw new Error(`${path} not found (run npm run build:wasm)`);
+  if (typeof SharedArrayBuffer === "undefined") throw new Error("SharedArrayBuffer is not available");
+  let module: WasmModule;
+  try {
+    module = loadKernelsModule(path);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new Error(`cannot compile ${path} (WebAssembly SIMD and threads needed): ${reason}`);
+  }
+  cachedModule = { path, module };
+  return module;
+}
+
+/** Creates the engine's kernels: WASM SIMD on a worker pool when available, the plain reference otherwise. */
+export function createKernels(options: CreateKernelsOptions = {}): CreatedKernels {
+  const backend = options.backend ?? "auto";
+  if (backend === "plain") return new PlainKernels();
+  const threads = options.threads ?? availableParallelism();
+  let module: WasmModule;
+  try {
+    module = kernelsModule(options.wasmPath ?? defaultWasmPath());
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    if (backend === "wasm") throw new Error(`WASM kernels unavailable: ${reason}`);
+    return new FallbackKernels(`using plain kernels (slow): ${reason}`);
+  }
+  return new WasmKernels(module, { threads });
+}

@@ -1,0 +1,334 @@
+import { readFileSync } from "node:fs";
+import { KernelPool } from "./pool.js";
+import { type GemmJob, JOB_KIND, type KernelExports, runJob } from "./protocol.js";
+import type { Kernels } from "./types.js";
+import { requireWebAssembly, type WasmMemory, type WasmModule } from "./webassembly.js";
+
+/** Options of the WebAssembly backend. */
+export interface WasmKernelsOptions {
+  /** Threads that share an sgemm, the main thread included (1: no workers). */
+  threads?: number;
+  /** Busy-wait iterations before a thread sleeps on a futex between back-to-back calls. */
+  spin?: number;
+  /** Upper bound of the shared memory in 64 KiB pages (default: the wasm32 limit, 4 GiB). */
+  maxPages?: number;
+}
+
+/** What the WebAssembly backend offers beyond Kernels; callers that know the backend may use it. */
+export interface KernelsExtras {
+  /** Threads an sgemm may use, the main thread included. */
+  readonly threads: number;
+  /** Returns a buffer from alloc() for reuse; the view (and subarrays of it) must not be used again. */
+  release(view: Float32Array): void;
+  /** Blocks until every worker can take jobs (sgemm never waits for them); false on timeout. */
+  waitForWorkers(timeoutMs?: number): boolean;
+  /** Bytes of the shared memory reserved by allocations now (high-water mark of the bump region). */
+  heapBytes(): number;
+}
+
+const PAGE_BYTES = 65536;
+/** The first page is never handed out, so address 0 is never a valid buffer. */
+const HEAP_BASE = PAGE_BYTES;
+/** Cache-line alignment; the kernels only need 16 bytes for their vectors. */
+const ALIGN = 64;
+/** At most this many rows of C take the unpacked path (decode steps with a few sequences). */
+const SMALL_M = 8;
+/** Below this many multiply-adds, waking workers costs more than it saves. */
+const PARALLEL_MIN_MACS = 1 << 18;
+
+/** Reads and compiles a kernels module; throws if the file is missing or the engine lacks SIMD/threads. */
+export function loadKernelsModule(path: string): WasmModule {
+  return new (requireWebAssembly().Module)(readFileSync(path));
+}
+
+/** Creates the shared memory, retrying smaller maxima where the platform refuses 4 GiB. */
+function createSharedMemory(
+  initialPages: number,
+  maxPages: number,
+): { memory: WasmMemory; maxPages: number } {
+  let lastError: unknown;
+  for (let max = maxPages; max >= Math.max(initialPages, 256); max = Math.floor(max / 2)) {
+    try {
+      return {
+        memory: new (requireWebAssembly().Memory)({ initial: initialPages, maximum: max, shared: true }),
+        maxPages: max,
+      };
+    } catch (error) {
+      lastError = error;
+    }
+  }
+  throw new Error(`cannot create the kernels' shared WebAssembly memory: ${String(lastError)}`);
+}
+
+interface FreeBlock {
+  offset: number;
+  bytes: number;
+}
+
+/**
+ * Kernels on AssemblyScript WASM SIMD: one shared WebAssembly.Memory that alloc() carves buffers from,
+ * sgemm run in place on those buffers by the main thread plus a pool of worker threads.
+ */
+export class WasmKernels implements Kernels, KernelsExtras {
+  readonly name: string;
+  readonly threads: number;
+  private readonly memory: WasmMemory;
+  private readonly kernels: KernelExports;
+  private pool: KernelPool | undefined;
+  private readonly maxBytes: number;
+  private readonly tileRows: number;
+  private readonly tileCols: number;
+  /** Every SharedArrayBuffer this memory has shown us: views over them are ours. */
+  private readonly buffers = new WeakSet<ArrayBufferLike>();
+  private currentBuffer: SharedArrayBuffer;
+  private top = HEAP_BASE;
+  /** Everything at or above this address has never been handed out, so it is still zero. */
+  private highWater = HEAP_BASE;
+  private readonly freeBlocks: FreeBlock[] = [];
+  private readonly live = new Map<number, number>();
+  /** Packing workspace per participating thread (index 0: the main thread). */
+  private readonly workspaces: number[] = [];
+
+  /** Instantiates `module` (build/kernels.wasm) on a new shared memory and starts threads - 1 workers. */
+  constructor(module: WasmModule, options: WasmKernelsOptions = {}) {
+    const threads = options.threads ?? 1;
+    if (!Number.isInteger(threads) || threads < 1) {
+      throw new RangeError(`threads must be a positive integer, got ${threads}`);
+    }
+    const shared = createSharedMemory(64, options.maxPages ?? 65536);
+    this.memory = shared.memory;
+    this.maxBytes = shared.maxPages * PAGE_BYTES;
+    this.currentBuffer = this.memory.buffer as SharedArrayBuffer;
+    this.buffers.add(this.currentBuffer);
+    const instance = new (requireWebAssembly().Instance)(module, { env: { memory: this.memory } });
+    this.kernels = instance.exports as unknown as KernelExports;
+    this.tileRows = this.kernels.tileRows();
+    this.tileCols = this.kernels.tileCols();
+    const workBytes = this.kernels.packedWorkspaceFloats() * 4;
+    for (let t = 0; t < threads; t++) this.workspaces.push(this.reserve(workBytes));
+    this.highWater = this.top;
+    this.threads = threads;
+    this.pool = threads > 1 ? new KernelPool(module, this.memory, threads - 1, options.spin) : undefined;
+    this.name = `wasm-simd x${threads} thread${threads === 1 ? "" : "s"}`;
+  }
+
+  /** Allocates a zero-filled, 64-byte aligned buffer in the shared memory (grows it when needed). */
+  alloc(length: number): Float32Array {
+    if (!Number.isInteger(length) || length < 0) {
+      throw new RangeError(`alloc length must be a non-negative integer, got ${length}`);
+    }
+    const bytes = roundUp(Math.max(length * 4, 1), ALIGN);
+    const offset = this.takeFree(bytes) ?? this.reserve(bytes);
+    this.live.set(offset, bytes);
+    const view = new Float32Array(this.refreshBuffer(), offset, length);
+    // Never-used pages are zero already; anything below the high-water mark held someone's numbers.
+    if (offset < this.highWater) view.subarray(0, Math.min(length, (this.highWater - offset) / 4)).fill(0);
+    this.highWater = Math.max(this.highWater, offset + bytes);
+    return view;
+  }
+
+  /** Returns a buffer from alloc() for reuse (see KernelsExtras.release). */
+  release(view: Float32Array): void {
+    const bytes = this.live.get(view.byteOffset);
+    if (!this.buffers.has(view.buffer) || bytes === undefined) {
+      throw new Error("release: the view was not returned by alloc() of these kernels (or was released)");
+    }
+    this.live.delete(view.byteOffset);
+    this.addFree(view.byteOffset, bytes);
+  }
+
+  /** C = alpha * op(A) * op(B) + beta * C (see Kernels.sgemm), in place in the shared memory. */
+  sgemm(
+    transA: boolean,
+    transB: boolean,
+    M: number,
+    N: number,
+    K: number,
+    alpha: number,
+    A: Float32Array,
+    B: Float32Array,
+    beta: number,
+    C: Float32Array,
+  ): void {
+    checkDim("M", M);
+    checkDim("N", N);
+    checkDim("K", K);
+    this.checkOperand("A", A, M * K);
+    this.checkOperand("B", B, K * N);
+    this.checkOperand("C", C, M * N);
+    if (M === 0 || N === 0) return;
+    checkNoOverlap("A", A, M * K, C, M * N);
+    checkNoOverlap("B", B, K * N, C, M * N);
+    const small = M <= SMALL_M && !(transA && transB);
+    const job: GemmJob = {
+      kind: small ? JOB_KIND.SMALL : JOB_KIND.PACKED,
+      transA,
+      transB,
+      M,
+      N,
+      K,
+      alpha,
+      a: A.byteOffset,
+      lda: transA ? M : K,
+      b: B.byteOffset,
+      ldb: transB ? K : N,
+      beta,
+      c: C.byteOffset,
+      ldc: N,
+      work: this.workspaces[0],
+    };
+    const ready = this.pool !== undefined && M * N * K >= PARALLEL_MIN_MACS ? this.pool.readyWorkers() : [];
+    // Split the longer side of C; skinny products always split columns (each slice streams its B).
+    const byRows = !small && M >= N;
+    const unit = byRows ? this.tileRows : this.tileCols;
+    const extent = byRows ? M : N;
+    const units = Math.ceil(extent / unit);
+    const parts = Math.min(1 + ready.length, units);
+    if (parts <= 1 || this.pool === undefined) {
+      runJob(this.kernels, job);
+      return;
+    }
+    const slices: GemmJob[] = [];
+    for (let p = 0; p < parts; p++) {
+      const start = Math.min(extent, Math.round((p * units) / parts) * unit);
+      const end = Math.min(extent, Math.round(((p + 1) * units) / parts) * unit);
+      slices.push(byRows ? sliceRows(job, start, end) : sliceCols(job, start, end));
+      slices[p].work = this.workspaces[p];
+    }
+    const own = slices[0];
+    this.pool.run(ready.slice(0, parts - 1), slices.slice(1), () => runJob(this.kernels, own));
+  }
+
+  /** Blocks until every worker can take jobs; false on timeout (see KernelsExtras). */
+  waitForWorkers(timeoutMs = 10000): boolean {
+    return this.pool === undefined ? true : this.pool.waitUntilReady(timeoutMs);
+  }
+
+  /** Bytes reserved by allocations now (see KernelsExtras). */
+  heapBytes(): number {
+    return this.top;
+  }
+
+  /** Terminates the workers; sgemm keeps working on the main thread alone. */
+  dispose(): void {
+    this.pool?.dispose();
+    this.pool = undefined;
+  }
+
+  private checkOperand(label: string, view: Float32Array, needed: number): void {
+    if (!(view instanceof Float32Array) || !this.buffers.has(view.buffer)) {
+      throw new Error(`sgemm: ${label} was not allocated by these kernels (use kernels.alloc)`);
+    }
+    if (view.length < needed) {
+      throw new RangeError(`sgemm: ${label} has ${view.length} floats, the shape needs ${needed}`);
+    }
+  }
+
+  private refreshBuffer(): SharedArrayBuffer {
+    const buffer = this.memory.buffer as SharedArrayBuffer;
+    if (buffer !== this.currentBuffer) {
+      this.buffers.add(buffer);
+      this.currentBuffer = buffer;
+    }
+    return buffer;
+  }
+
+  /** Takes bytes from the end of the heap, growing the memory by at least a quarter at a time. */
+  private reserve(bytes: number): number {
+    const offset = this.top;
+    const end = offset + bytes;
+    const have = this.memory.buffer.byteLength;
+    if (end > have) {
+      if (end > this.maxBytes) {
+        throw new RangeError(
+          `kernels memory exhausted: ${end} bytes needed, the shared memory is limited to ${this.maxBytes}`,
+        );
+      }
+      const havePages = have / PAGE_BYTES;
+      const needPages = Math.ceil(end / PAGE_BYTES);
+      const maxPages = this.maxBytes / PAGE_BYTES;
+      const target = Math.min(maxPages, Math.max(needPages, Math.ceil(havePages * 1.25)));
+      this.memory.grow(target - havePages);
+      this.refreshBuffer();
+    }
+    this.top = end;
+    return offset;
+  }
+
+  private takeFree(bytes: number): number | undefined {
+    const blocks = this.freeBlocks;
+    for (let i = 0; i < blocks.length; i++) {
+      const block = blocks[i];
+      if (block.bytes < bytes) continue;
+      const offset = block.offset;
+      if (block.bytes === bytes) blocks.splice(i, 1);
+      else {
+        block.offset += bytes;
+        block.bytes -= bytes;
+      }
+      return offset;
+    }
+    return undefined;
+  }
+
+  /** Inserts a block into the address-ordered free list, merging neighbours and trimming the top. */
+  private addFree(offset: number, bytes: number): void {
+    const blocks = this.freeBlocks;
+    let i = 0;
+    while (i < blocks.length && blocks[i].offset < offset) i++;
+    blocks.splice(i, 0, { offset, bytes });
+    if (i + 1 < blocks.length && offset + bytes === blocks[i + 1].offset) {
+      blocks[i].bytes += blocks[i + 1].bytes;
+      blocks.splice(i + 1, 1);
+    }
+    if (i > 0 && blocks[i - 1].offset + blocks[i - 1].bytes === blocks[i].offset) {
+      blocks[i - 1].bytes += blocks[i].bytes;
+      blocks.splice(i, 1);
+      i--;
+    }
+    const last = blocks[blocks.length - 1];
+    if (last !== undefined && last.offset + last.bytes === this.top) {
+      this.top = last.offset;
+      blocks.pop();
+    }
+  }
+}
+
+function roundUp(value: number, multiple: number): number {
+  return Math.ceil(value / multiple) * multiple;
+}
+
+function checkDim(label: string, value: number): void {
+  if (!Number.isInteger(value) || value < 0 || value > 0x7fffffff) {
+    throw new RangeError(`sgemm: ${label} must be a non-negative integer, got ${value}`);
+  }
+}
+
+function checkNoOverlap(label: string, X: Float32Array, xLen: number, C: Float32Array, cLen: number): void {
+  if (xLen === 0 || cLen === 0) return;
+  const x0 = X.byteOffset;
+  const c0 = C.byteOffset;
+  if (x0 < c0 + cLen * 4 && c0 < x0 + xLen * 4) {
+    throw new Error(`sgemm: C overlaps ${label}; the output must be a separate buffer`);
+  }
+}
+
+/** The part of a job that computes rows [i0, i1) of C. */
+function sliceRows(job: GemmJob, i0: number, i1: number): GemmJob {
+  return {
+    ...job,
+    M: i1 - i0,
+    a: job.transA ? job.a + i0 * 4 : job.a + i0 * job.lda * 4,
+    c: job.c + i0 * job.ldc * 4,
+  };
+}
+
+/** The part of a job that computes columns [j0, j1) of C. */
+function sliceCols(job: GemmJob, j0: number, j1: number): GemmJob {
+  return {
+    ...job,
+    N: j1 - j0,
+    b: job.transB ? job.b + j0 * job.ldb * 4 : job.b + j0 * 4,
+    c: job.c + j0 * 4,
+  };
+}
