@@ -4,6 +4,7 @@
  *   - policy: raw OpenAIPolicy requests/s, in process;
  *   - cli: `selfsteer generate` end to end (a child process, so its Node start-up is included and
  *     reported separately), records/s and server requests/s.
+ * The server runs on its own worker thread, so its work does not share the client's event loop.
  * Prints one JSON object. Run after a build: node dist/bench/generate-throughput.js [--latency-ms 20]
  */
 import { spawn } from "node:child_process";
@@ -11,6 +12,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { isMainThread, parentPort, Worker, workerData } from "node:worker_threads";
 import { OpenAIPolicy } from "../src/policy/openai.js";
 import type { GenerateRequest } from "../src/policy/types.js";
 import { startFakeOpenAIServer } from "../test/helpers/fake-openai-server.js";
@@ -52,9 +54,55 @@ function runChild(args: string[]): Promise<{ code: number | null; stderr: string
   });
 }
 
+/** The worker side: serves until told to close; answers "count" with the number of requests seen. */
+async function serveInWorker(): Promise<void> {
+  const port = parentPort;
+  if (port === null) return;
+  const server = await startFakeOpenAIServer({
+    latencyMs: workerData.latencyMs as number,
+    lifetimeMs: 600_000,
+  });
+  port.on("message", (message: string) => {
+    if (message === "count") port.postMessage({ count: server.requests.length });
+    else if (message === "close") void server.close().then(() => port.close());
+  });
+  port.postMessage({ url: server.url });
+}
+
+/** A fake server on a worker thread, seen from the main thread. */
+interface RemoteServer {
+  url: string;
+  requestCount(): Promise<number>;
+  close(): Promise<void>;
+}
+
+async function startServerThread(latencyMs: number): Promise<RemoteServer> {
+  const worker = new Worker(fileURLToPath(import.meta.url), { workerData: { latencyMs } });
+  const nextMessage = (): Promise<{ url?: string; count?: number }> =>
+    new Promise((resolve, reject) => {
+      worker.once("message", resolve);
+      worker.once("error", reject);
+    });
+  const first = await nextMessage();
+  if (first.url === undefined) throw new Error("fake server thread did not report its URL");
+  return {
+    url: first.url,
+    async requestCount() {
+      const reply = nextMessage();
+      worker.postMessage("count");
+      return (await reply).count ?? 0;
+    },
+    async close() {
+      const exited = new Promise((resolve) => worker.once("exit", resolve));
+      worker.postMessage("close");
+      await exited;
+    },
+  };
+}
+
 async function main(): Promise<void> {
   const latencyMs = flagValue("--latency-ms", 20);
-  const server = await startFakeOpenAIServer({ latencyMs, lifetimeMs: 600_000 });
+  const server = await startServerThread(latencyMs);
   const work = mkdtempSync(join(tmpdir(), "selfsteer-bench-"));
   try {
     // Warm up the JIT, the HTTP stack and the connection pool so the first row is not a cold start.
@@ -101,7 +149,7 @@ async function main(): Promise<void> {
           JSON.stringify({ id: `b${i}`, prompt: `Benchmark question ${i}: explain topic ${i}.` }),
         ).join("\n"),
       );
-      const requestsBefore = server.requests.length;
+      const requestsBefore = await server.requestCount();
       const run = await runChild([
         "generate",
         "--endpoint",
@@ -124,7 +172,7 @@ async function main(): Promise<void> {
       const records = readFileSync(outPath, "utf8")
         .split("\n")
         .filter((l) => l.trim() !== "").length;
-      const requests = server.requests.length - requestsBefore;
+      const requests = (await server.requestCount()) - requestsBefore;
       const working = Math.max(1e-9, run.seconds - startup.seconds);
       cliRows.push({
         concurrency,
@@ -141,7 +189,7 @@ async function main(): Promise<void> {
       `${JSON.stringify(
         {
           bench: "generate-throughput",
-          server: { kind: "fake OpenAI-compatible, 127.0.0.1", latencyMs },
+          server: { kind: "fake OpenAI-compatible, 127.0.0.1, own worker thread", latencyMs },
           node: process.version,
           policy: policyRows,
           cli: {
@@ -164,4 +212,5 @@ function round(x: number): number {
   return Math.round(x * 100) / 100;
 }
 
-await main();
+if (isMainThread) await main();
+else await serveInWorker();
