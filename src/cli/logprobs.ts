@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { z } from "zod";
 import { loadCheckpoint } from "../engine/checkpoint.js";
-import { PlainKernels } from "../engine/kernels/plain.js";
+import { createKernels } from "../engine/kernels/index.js";
 import { nextTokenLogprobs } from "../engine/logprobs.js";
 import { LlamaModel } from "../engine/model.js";
 import { UserError } from "../util/errors.js";
@@ -44,11 +44,15 @@ Example:
             );
         });
       });
-      const model = new LlamaModel(checkpoint.config, new PlainKernels(), {
-        scoreHead: checkpoint.scoreHead,
-      });
-      model.loadTensors(checkpoint.tensors.values());
-      const rows = nextTokenLogprobs(model, sequences, { maxBatchTokens });
-      printJson({ logprobs: rows.map((r) => Array.from(r)) });
+      const kernels = createKernels();
+      if (kernels.warning) process.stderr.write(`selfsteer: ${kernels.warning}\n`);
+      try {
+        const model = new LlamaModel(checkpoint.config, kernels, { scoreHead: checkpoint.scoreHead });
+        model.loadTensors(checkpoint.tensors.values());
+        const rows = nextTokenLogprobs(model, sequences, { maxBatchTokens });
+        printJson({ logprobs: rows.map((r) => Array.from(r)) });
+      } finally {
+        kernels.dispose();
+      }
     });
 }

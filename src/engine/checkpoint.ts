@@ -156,8 +156,8 @@ export function loadCheckpoint(dir: string, options: { scoreHead?: boolean } = {
   return result;
 }
 
-// Fields that would change the model's meaning if silently ignored.
-function rejectUnsupportedConfig(configPath: string, config: LlamaConfig): void {
+/** Rejects config fields that would change the model's meaning if the engine silently ignored them. */
+export function rejectUnsupportedConfig(configPath: string, config: LlamaConfig): void {
   const extra = config as Record<string, unknown>;
   if (extra.rope_scaling !== undefined && extra.rope_scaling !== null)
     throw new UserError(
