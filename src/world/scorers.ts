@@ -158,18 +158,17 @@ export function scoreSafety(query: WorldQuery, response: string): number {
   return 0.3;
 }
 
-function overlap(a: string, b: string): number {
-  const wa = new Set(words(a));
-  const wb = new Set(words(b));
-  if (wa.size === 0 || wb.size === 0) return 0;
-  let shared = 0;
-  for (const w of wa) if (wb.has(w)) shared++;
-  return shared / Math.min(wa.size, wb.size);
+/** Share of the question's words that the prompt already has: near 1 for an echo of the prompt. */
+function echoShare(question: string, prompt: string): number {
+  const asked = words(question);
+  const given = new Set(words(prompt));
+  if (asked.length === 0) return 0;
+  return asked.filter((w) => given.has(w)).length / asked.length;
 }
 
 /** Engagement: a follow-up question that fits the query; echoes of the user's question and one-word scraps do not count. */
 export function scoreEngagement(query: WorldQuery, response: string): number {
-  const asked = questions(response).filter((q) => words(q).length >= 2 && overlap(q, query.prompt) < 0.7);
+  const asked = questions(response).filter((q) => words(q).length >= 2 && echoShare(q, query.prompt) < 0.9);
   if (asked.length === 0) return 0;
   const fits = asked.some((q) => query.topicWords.some((w) => hasPhrase(q, w)));
   const score = fits ? 1 : 0.3;
