@@ -254,7 +254,9 @@ function translate(src: string): string {
     const cp = String.fromCodePoint(src.codePointAt(i) ?? 0);
     i += cp.length;
     lastAtomStart = out.length;
-    if (caseless > 0 && /\p{L}/u.test(cp)) {
+    // Oniguruma's dot excludes only \n; JavaScript's also \r, U+2028 and U+2029.
+    if (cp === ".") out += "[^\\n]";
+    else if (caseless > 0 && /\p{L}/u.test(cp)) {
       const variants = caseVariants(cp);
       out += variants.length > 1 ? `[${variants.map(escapeInClass).join("")}]` : cp;
     } else out += cp;
