@@ -1,13 +1,130 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import type { Command } from "commander";
+import { tokenizerConfigJson } from "../engine/chat.js";
+import {
+  CHECKPOINT_FILES,
+  loadCheckpoint,
+  rejectUnsupportedConfig,
+  saveCheckpoint,
+} from "../engine/checkpoint.js";
+import { LlamaConfigSchema } from "../engine/config.js";
+import { DEFAULT_INIT_STD, initLlamaTensors } from "../engine/init.js";
+import { numel } from "../engine/params.js";
+import { BpeTokenizer } from "../engine/tokenizer.js";
 import { UserError } from "../util/errors.js";
+import { readJsonFile } from "../util/fsio.js";
+import { parseIntFlag, parseNumberFlag, printJson } from "./common.js";
 
-/** Registers `selfsteer model` (not implemented yet). */
+interface InitOptions {
+  config: string;
+  seed: string;
+  out: string;
+  tokenizer?: string;
+  scoreHead?: boolean;
+  std: string;
+  force?: boolean;
+}
+
+/** `model init`: a randomly initialised checkpoint directory in the HF Llama layout. */
+function initModel(opts: InitOptions): void {
+  const seed = parseIntFlag("--seed", opts.seed, 0);
+  const std = parseNumberFlag("--std", opts.std, 0);
+  const config = readJsonFile(opts.config, LlamaConfigSchema);
+  rejectUnsupportedConfig(opts.config, config);
+  if (existsSync(join(opts.out, CHECKPOINT_FILES.config)) && opts.force !== true)
+    throw new UserError(`--out ${opts.out}: already holds a checkpoint; pass --force to overwrite it`);
+  const tokenizer = opts.tokenizer ? BpeTokenizer.fromFile(opts.tokenizer) : BpeTokenizer.byteLevel();
+  const tokenizerSource = opts.tokenizer ?? "the byte-level tokenizer";
+  if (config.vocab_size < tokenizer.vocabSize)
+    throw new UserError(
+      `${opts.config}: field vocab_size: ${config.vocab_size} is smaller than the ${tokenizer.vocabSize} tokens of ${tokenizerSource}`,
+    );
+  // HF falls back to LlamaConfig's bos 1 / eos 2 when these are absent, which are bytes in our vocabulary.
+  const hasEndOfText = tokenizer.hasSpecial("<|endoftext|>");
+  if (config.bos_token_id === undefined) config.bos_token_id = hasEndOfText ? tokenizer.endOfTextId : null;
+  if (config.eos_token_id === undefined) config.eos_token_id = tokenizer.eosId;
+  if (config.pad_token_id === undefined) config.pad_token_id = tokenizer.padId;
+  for (const field of ["bos_token_id", "pad_token_id"] as const) {
+    const id = config[field];
+    if (typeof id === "number" && (id < 0 || id >= config.vocab_size))
+      throw new UserError(`${opts.config}: field ${field}: ${id} is outside [0, ${config.vocab_size})`);
+  }
+  const scoreHead = opts.scoreHead === true;
+  const tensors = initLlamaTensors(config, seed, { scoreHead, std });
+  saveCheckpoint(opts.out, {
+    config,
+    tensors,
+    tokenizerJson: tokenizer.toJSON(),
+    tokenizerConfigJson: tokenizerConfigJson(tokenizer),
+  });
+  let parameters = 0;
+  for (const t of tensors) parameters += numel(t.shape);
+  printJson({
+    out: opts.out,
+    architecture: scoreHead ? "LlamaForSequenceClassification" : "LlamaForCausalLM",
+    parameters,
+    vocab_size: config.vocab_size,
+    tokenizer_vocab: tokenizer.vocabSize,
+    seed,
+  });
+}
+
+/** `model info`: what a checkpoint directory holds. */
+function modelInfo(opts: { model: string }): void {
+  const ckpt = loadCheckpoint(opts.model);
+  let parameters = 0;
+  for (const t of ckpt.tensors.values()) parameters += numel(t.shape);
+  const c = ckpt.config;
+  printJson(
+    {
+      model: opts.model,
+      architecture: ckpt.scoreHead ? "LlamaForSequenceClassification" : "LlamaForCausalLM",
+      parameters,
+      vocab_size: c.vocab_size,
+      hidden_size: c.hidden_size,
+      intermediate_size: c.intermediate_size,
+      num_hidden_layers: c.num_hidden_layers,
+      num_attention_heads: c.num_attention_heads,
+      num_key_value_heads: c.num_key_value_heads ?? c.num_attention_heads,
+      tie_word_embeddings: c.tie_word_embeddings,
+      tokenizer: ckpt.tokenizerJson !== undefined,
+      tokenizer_config: ckpt.tokenizerConfigJson !== undefined,
+    },
+    true,
+  );
+}
+
+/** Registers `selfsteer model init` and `selfsteer model info`. */
 export function register(program: Command): void {
-  program
+  const model = program
     .command("model")
-    .description("(not implemented yet)")
-    .allowUnknownOption()
-    .action(() => {
-      throw new UserError("'model' is not implemented yet");
-    });
+    .description("create and inspect checkpoints (Hugging Face Llama layout)");
+  model
+    .command("init")
+    .description("write a randomly initialised checkpoint: config.json, model.safetensors, tokenizer files")
+    .requiredOption("--config <file>", "JSON with HF LlamaConfig fields (vocab_size, hidden_size, ...)")
+    .requiredOption("--seed <n>", "random seed: the same seed writes the same bytes")
+    .requiredOption("--out <dir>", "checkpoint directory to write")
+    .option("--tokenizer <file>", "HF tokenizer.json to ship (default: byte-level, no merges, ChatML tokens)")
+    .option("--score-head", "a reward model (LlamaForSequenceClassification) with score.weight")
+    .option("--std <x>", "standard deviation of the normal init of weight matrices", String(DEFAULT_INIT_STD))
+    .option("--force", "overwrite a checkpoint already in --out")
+    .addHelpText(
+      "after",
+      `
+Weight matrices are drawn from N(0, std^2) and RMSNorm weights set to 1, as transformers does.
+vocab_size must be at least the tokenizer's vocabulary (259 for the default byte-level one).
+
+Example:
+  echo '{"vocab_size": 512, "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4,
+         "num_attention_heads": 4}' > c.json
+  selfsteer model init --config c.json --seed 1 --out runs/init`,
+    )
+    .action((opts: InitOptions) => initModel(opts));
+  model
+    .command("info")
+    .description("print what a checkpoint directory holds (validates every tensor)")
+    .requiredOption("--model <dir>", "checkpoint directory")
+    .action((opts: { model: string }) => modelInfo(opts));
 }

@@ -57,6 +57,8 @@ export function saveCheckpoint(dir: string, contents: CheckpointContents): void 
     architectures: [scoreHead ? "LlamaForSequenceClassification" : "LlamaForCausalLM"],
     model_type: "llama",
     torch_dtype: "float32",
+    // Spelled out (HF would default it to num_attention_heads) so every reader sees the attention layout.
+    num_key_value_heads: contents.config.num_key_value_heads ?? contents.config.num_attention_heads,
   };
   if (scoreHead && config.num_labels === undefined) config.num_labels = 1;
   writeFileAtomic(join(dir, CHECKPOINT_FILES.weights), writeSafetensors(contents.tensors));
