@@ -39,8 +39,8 @@ class FallbackKernels extends PlainKernels {
 
 let cachedModule: { path: string; module: WasmModule } | undefined;
 
-/** Compiles the kernels once per path; throws with a one-line reason when that is impossible. */
-function kernelsModule(path: string): WasmModule {
+/** Compiles build/kernels.wasm (or `path`) once per path; throws with a one-line reason if impossible. */
+export function kernelsModule(path: string = defaultWasmPath()): WasmModule {
   if (cachedModule?.path === path) return cachedModule.module;
   if (!existsSync(path)) throw new Error(`${path} not found (run npm run build:wasm)`);
   if (typeof SharedArrayBuffer === "undefined") throw new Error("SharedArrayBuffer is not available");

@@ -1,35 +1,42 @@
 import { Worker } from "node:worker_threads";
-import { CONTROL, controlBytes, type GemmJob, SLOT, slotWord } from "./protocol.js";
+import {
+  CLOSED,
+  CONTROL,
+  ControlBlock,
+  controlBytes,
+  type GemmJob,
+  type KernelExports,
+  openValue,
+} from "./protocol.js";
 import type { WasmMemory, WasmModule } from "./webassembly.js";
 
 /**
- * Worker threads that run sgemm slices on the kernels' shared memory. The main thread stays in charge:
- * `run` hands one job to each of some ready workers, runs its own share, and blocks (Atomics.wait)
- * until they are done, so the caller sees an ordinary synchronous call.
+ * Worker threads that help the main thread with sgemm on the kernels' shared memory. `run` opens a job,
+ * wakes the workers, claims chunks itself, and blocks (Atomics.wait) until every chunk is done, so the
+ * caller sees an ordinary synchronous call; workers that wake late just find fewer chunks left.
  */
 export class KernelPool {
   /** Number of worker threads (the main thread is not counted). */
   readonly size: number;
-  private readonly workers: Worker[];
-  private readonly words: Int32Array;
-  private readonly uwords: Uint32Array;
-  private readonly floats: Float32Array;
+  private readonly workers: Worker[] = [];
+  private readonly control: ControlBlock;
   private readonly spin: number;
   private readonly failures: string[] = [];
   private disposed = false;
 
-  /** Starts `size` workers; each instantiates `module` on `memory` on its own and reports ready. */
-  constructor(module: WasmModule, memory: WasmMemory, size: number, spin = 20000) {
-    this.size = size;
+  /**
+   * Starts one worker per entry of `workspaces` (byte addresses of their packing buffers); each
+   * instantiates `module` on `memory` by itself and reports ready.
+   */
+  constructor(module: WasmModule, memory: WasmMemory, workspaces: number[], spin: number) {
+    this.size = workspaces.length;
     this.spin = spin;
-    const control = new SharedArrayBuffer(controlBytes(size));
-    this.words = new Int32Array(control);
-    this.uwords = new Uint32Array(control);
-    this.floats = new Float32Array(control);
-    this.workers = [];
-    for (let index = 0; index < size; index++) {
+    const buffer = new SharedArrayBuffer(controlBytes(this.size));
+    this.control = new ControlBlock(buffer);
+    Atomics.store(this.control.words, CONTROL.NEXT, CLOSED);
+    for (let index = 0; index < this.size; index++) {
       const worker = new Worker(new URL("./worker.js", import.meta.url), {
-        workerData: { module, memory, control, index, spin },
+        workerData: { module, memory, control: buffer, index, work: workspaces[index], spin },
       });
       // Idle workers must never keep the process alive.
       worker.unref();
@@ -38,102 +45,74 @@ export class KernelPool {
       });
       worker.on("error", (error: Error) => {
         this.failures.push(error.message);
-        Atomics.store(this.words, slotWord(index, SLOT.READY), 0);
+        Atomics.store(this.control.words, CONTROL.READY + index, 0);
       });
       this.workers.push(worker);
     }
   }
 
-  /** Indexes of workers that have instantiated the module and wait for jobs. */
-  readyWorkers(): number[] {
-    const ready: number[] = [];
-    if (this.disposed) return ready;
-    for (let i = 0; i < this.size; i++) {
-      if (Atomics.load(this.words, slotWord(i, SLOT.READY)) === 1) ready.push(i);
-    }
+  /** How many workers have instantiated the module and wait for jobs. */
+  readyCount(): number {
+    if (this.disposed) return 0;
+    let ready = 0;
+    for (let i = 0; i < this.size; i++) ready += Atomics.load(this.control.words, CONTROL.READY + i);
     return ready;
   }
 
   /** Blocks until every worker is ready or `timeoutMs` passes; returns whether all are ready. */
   waitUntilReady(timeoutMs = 10000): boolean {
+    const words = this.control.words;
     const deadline = Date.now() + timeoutMs;
     for (let i = 0; i < this.size; i++) {
-      const word = slotWord(i, SLOT.READY);
-      while (Atomics.load(this.words, word) !== 1) {
+      while (Atomics.load(words, CONTROL.READY + i) !== 1) {
         const left = deadline - Date.now();
         if (left <= 0 || this.disposed) return false;
-        Atomics.wait(this.words, word, 0, Math.min(left, 50));
+        Atomics.wait(words, CONTROL.READY + i, 0, Math.min(left, 50));
       }
     }
     return true;
   }
 
   /**
-   * Runs jobs[i] on worker workerIndexes[i] while the main thread runs `own`, and returns when all are
-   * done. Throws if a worker's job failed (after every participant has stopped touching memory).
+   * Runs every chunk of `job` with the workers' help, the main thread using `exports` and its workspace
+   * `work` (unless `mainClaims` is false: then the workers do everything, which tests use to exercise
+   * them); returns when all chunks are done. Throws if any chunk failed, after all of them stopped.
    */
-  run(workerIndexes: number[], jobs: GemmJob[], own: () => void): void {
-    const words = this.words;
+  run(exports: KernelExports, job: GemmJob, work: number, mainClaims = true): void {
+    const words = this.control.words;
     const generation = (Atomics.load(words, CONTROL.GEN) + 1) | 0;
-    for (let j = 0; j < jobs.length; j++) this.writeSlot(workerIndexes[j], jobs[j], generation);
-    Atomics.store(words, CONTROL.DONE, 0);
+    this.control.writeJob(job);
+    Atomics.store(words, CONTROL.COMPLETED, 0);
+    Atomics.store(words, CONTROL.FAILED, 0);
+    Atomics.store(words, CONTROL.NEXT, openValue(generation));
     Atomics.store(words, CONTROL.GEN, generation);
     Atomics.notify(words, CONTROL.GEN);
-    try {
-      own();
-    } finally {
-      this.waitDone(jobs.length);
+    const ownFailure = mainClaims ? this.control.drain(exports, work, job) : undefined;
+    let completed = Atomics.load(words, CONTROL.COMPLETED);
+    for (let i = 0; completed < job.chunks && i < this.spin; i++)
+      completed = Atomics.load(words, CONTROL.COMPLETED);
+    while (completed < job.chunks) {
+      Atomics.wait(words, CONTROL.COMPLETED, completed, 1000);
+      completed = Atomics.load(words, CONTROL.COMPLETED);
     }
-    let failed = false;
-    for (const index of workerIndexes) {
-      if (Atomics.exchange(words, slotWord(index, SLOT.FAILED), 0) !== 0) failed = true;
-    }
-    if (failed) {
-      const detail = this.failures.length > 0 ? `: ${this.failures.join("; ")}` : "";
+    // Close before anyone may write the next job's fields (see protocol.ts).
+    Atomics.store(words, CONTROL.NEXT, CLOSED);
+    if (Atomics.load(words, CONTROL.FAILED) !== 0) {
+      const reasons = [ownFailure, ...this.failures].filter((r) => r !== undefined);
       this.failures.length = 0;
-      throw new Error(`sgemm failed in a kernel worker thread${detail}`);
+      throw new Error(
+        `sgemm failed: ${reasons.length > 0 ? reasons.join("; ") : "in a kernel worker thread"}`,
+      );
     }
   }
 
-  /** Stops and terminates the workers; later runs must not be issued. */
+  /** Stops and terminates the workers; run must not be called afterwards. */
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    Atomics.store(this.words, CONTROL.STOP, 1);
-    Atomics.add(this.words, CONTROL.GEN, 1);
-    Atomics.notify(this.words, CONTROL.GEN);
+    Atomics.store(this.control.words, CONTROL.STOP, 1);
+    Atomics.add(this.control.words, CONTROL.GEN, 1);
+    Atomics.notify(this.control.words, CONTROL.GEN);
     for (const worker of this.workers) void worker.terminate();
-  }
-
-  private writeSlot(index: number, job: GemmJob, generation: number): void {
-    const at = (field: number): number => slotWord(index, field);
-    const words = this.words;
-    words[at(SLOT.KIND)] = job.kind;
-    words[at(SLOT.TRANS_A)] = job.transA ? 1 : 0;
-    words[at(SLOT.TRANS_B)] = job.transB ? 1 : 0;
-    words[at(SLOT.M)] = job.M;
-    words[at(SLOT.N)] = job.N;
-    words[at(SLOT.K)] = job.K;
-    this.floats[at(SLOT.ALPHA)] = job.alpha;
-    this.uwords[at(SLOT.A)] = job.a;
-    words[at(SLOT.LDA)] = job.lda;
-    this.uwords[at(SLOT.B)] = job.b;
-    words[at(SLOT.LDB)] = job.ldb;
-    this.floats[at(SLOT.BETA)] = job.beta;
-    this.uwords[at(SLOT.C)] = job.c;
-    words[at(SLOT.LDC)] = job.ldc;
-    this.uwords[at(SLOT.WORK)] = job.work;
-    // Written last, atomically: publishes the fields above to the worker.
-    Atomics.store(words, at(SLOT.GEN), generation);
-  }
-
-  private waitDone(expected: number): void {
-    const words = this.words;
-    let done = Atomics.load(words, CONTROL.DONE);
-    for (let i = 0; done < expected && i < this.spin; i++) done = Atomics.load(words, CONTROL.DONE);
-    while (done < expected) {
-      Atomics.wait(words, CONTROL.DONE, done, 1000);
-      done = Atomics.load(words, CONTROL.DONE);
-    }
   }
 }

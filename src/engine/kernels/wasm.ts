@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { KernelPool } from "./pool.js";
-import { type GemmJob, JOB_KIND, type KernelExports, runJob } from "./protocol.js";
+import { type GemmJob, JOB_KIND, type KernelExports, runChunk } from "./protocol.js";
 import type { Kernels } from "./types.js";
 import { requireWebAssembly, type WasmMemory, type WasmModule } from "./webassembly.js";
 
@@ -10,6 +10,8 @@ export interface WasmKernelsOptions {
   threads?: number;
   /** Busy-wait iterations before a thread sleeps on a futex between back-to-back calls. */
   spin?: number;
+  /** false: the main thread only waits while workers compute (to test the workers; default true). */
+  mainThreadWorks?: boolean;
   /** Upper bound of the shared memory in 64 KiB pages (default: the wasm32 limit, 4 GiB). */
   maxPages?: number;
 }
@@ -75,6 +77,7 @@ export class WasmKernels implements Kernels, KernelsExtras {
   private readonly memory: WasmMemory;
   private readonly kernels: KernelExports;
   private pool: KernelPool | undefined;
+  private readonly mainThreadWorks: boolean;
   private readonly maxBytes: number;
   private readonly tileRows: number;
   private readonly tileCols: number;
@@ -108,7 +111,11 @@ export class WasmKernels implements Kernels, KernelsExtras {
     for (let t = 0; t < threads; t++) this.workspaces.push(this.reserve(workBytes));
     this.highWater = this.top;
     this.threads = threads;
-    this.pool = threads > 1 ? new KernelPool(module, this.memory, threads - 1, options.spin) : undefined;
+    this.mainThreadWorks = options.mainThreadWorks ?? true;
+    this.pool =
+      threads > 1
+        ? new KernelPool(module, this.memory, this.workspaces.slice(1), options.spin ?? 20000)
+        : undefined;
     this.name = `wasm-simd x${threads} thread${threads === 1 ? "" : "s"}`;
   }
 
@@ -175,28 +182,30 @@ export class WasmKernels implements Kernels, KernelsExtras {
       beta,
       c: C.byteOffset,
       ldc: N,
-      work: this.workspaces[0],
+      rowChunk: M,
+      colChunk: N,
+      colChunks: 1,
+      chunks: 1,
     };
-    const ready = this.pool !== undefined && M * N * K >= PARALLEL_MIN_MACS ? this.pool.readyWorkers() : [];
-    // Split the longer side of C; skinny products always split columns (each slice streams its B).
-    const byRows = !small && M >= N;
-    const unit = byRows ? this.tileRows : this.tileCols;
-    const extent = byRows ? M : N;
-    const units = Math.ceil(extent / unit);
-    const parts = Math.min(1 + ready.length, units);
-    if (parts <= 1 || this.pool === undefined) {
-      runJob(this.kernels, job);
+    const pool = this.pool;
+    const helpers = pool !== undefined && M * N * K >= PARALLEL_MIN_MACS ? pool.readyCount() : 0;
+    if (pool === undefined || helpers === 0) {
+      runChunk(this.kernels, job, 0, this.workspaces[0]);
       return;
     }
-    const slices: GemmJob[] = [];
-    for (let p = 0; p < parts; p++) {
-      const start = Math.min(extent, Math.round((p * units) / parts) * unit);
-      const end = Math.min(extent, Math.round(((p + 1) * units) / parts) * unit);
-      slices.push(byRows ? sliceRows(job, start, end) : sliceCols(job, start, end));
-      slices[p].work = this.workspaces[p];
-    }
-    const own = slices[0];
-    this.pool.run(ready.slice(0, parts - 1), slices.slice(1), () => runJob(this.kernels, own));
+    // About four chunks per thread balances a busy core; chunks stay big enough that packing is cheap.
+    const target = 4 * (1 + helpers);
+    let rowChunk = small ? M : Math.min(roundUp(M, this.tileRows), 128);
+    let colChunk = Math.min(roundUp(N, this.tileCols), 512);
+    const count = (): number => Math.ceil(M / rowChunk) * Math.ceil(N / colChunk);
+    while (count() < target && colChunk > 64) colChunk = roundUp(colChunk / 2, this.tileCols);
+    while (!small && count() < target && rowChunk > 32) rowChunk = roundUp(rowChunk / 2, this.tileRows);
+    job.rowChunk = rowChunk;
+    job.colChunk = colChunk;
+    job.colChunks = Math.ceil(N / colChunk);
+    job.chunks = count();
+    if (job.chunks === 1) runChunk(this.kernels, job, 0, this.workspaces[0]);
+    else pool.run(this.kernels, job, this.workspaces[0], this.mainThreadWorks);
   }
 
   /** Blocks until every worker can take jobs; false on timeout (see KernelsExtras). */
@@ -311,24 +320,4 @@ function checkNoOverlap(label: string, X: Float32Array, xLen: number, C: Float32
   if (x0 < c0 + cLen * 4 && c0 < x0 + xLen * 4) {
     throw new Error(`sgemm: C overlaps ${label}; the output must be a separate buffer`);
   }
-}
-
-/** The part of a job that computes rows [i0, i1) of C. */
-function sliceRows(job: GemmJob, i0: number, i1: number): GemmJob {
-  return {
-    ...job,
-    M: i1 - i0,
-    a: job.transA ? job.a + i0 * 4 : job.a + i0 * job.lda * 4,
-    c: job.c + i0 * job.ldc * 4,
-  };
-}
-
-/** The part of a job that computes columns [j0, j1) of C. */
-function sliceCols(job: GemmJob, j0: number, j1: number): GemmJob {
-  return {
-    ...job,
-    N: j1 - j0,
-    b: job.transB ? job.b + j0 * job.ldb * 4 : job.b + j0 * 4,
-    c: job.c + j0 * 4,
-  };
 }

@@ -1,0 +1,93 @@
+/**
+ * sgemm throughput: GFLOP/s of the plain reference, the WASM SIMD kernels on one thread, and on every
+ * core, at 512^3 and at the shapes a training step and a decode step of the engine's presets run.
+ * Usage: node dist/bench/matmul.js   (prints one JSON document; best of several timed runs per cell)
+ */
+import { availableParallelism } from "node:os";
+import { createKernels, type Kernels, PlainKernels, WasmKernels } from "../src/engine/kernels/index.js";
+
+interface Shape {
+  label: string;
+  transA: boolean;
+  transB: boolean;
+  M: number;
+  N: number;
+  K: number;
+}
+
+const SHAPES: Shape[] = [
+  { label: "512^3 NN", transA: false, transB: false, M: 512, N: 512, K: 512 },
+  { label: "512^3 NT", transA: false, transB: true, M: 512, N: 512, K: 512 },
+  { label: "512^3 TN", transA: true, transB: false, M: 512, N: 512, K: 512 },
+  { label: "[1024x128]x[128x512]", transA: false, transB: false, M: 1024, N: 512, K: 128 },
+  // Preset M, 8 x 128 tokens: MLP up projection forward (x W^T), its input gradient, its weight gradient.
+  { label: "M fwd x@W^T 1024x1024x256", transA: false, transB: true, M: 1024, N: 1024, K: 256 },
+  { label: "M bwd dY@W 1024x256x1024", transA: false, transB: false, M: 1024, N: 256, K: 1024 },
+  { label: "M bwd dY^T@X 1024x256x1024", transA: true, transB: false, M: 1024, N: 256, K: 1024 },
+  // Preset L decode step, batch 8: MLP up projection and lm_head.
+  { label: "L decode 8x2048x512", transA: false, transB: true, M: 8, N: 2048, K: 512 },
+  { label: "L decode lm_head 8x4096x512", transA: false, transB: true, M: 8, N: 4096, K: 512 },
+  { label: "decode 1x2048x512", transA: false, transB: true, M: 1, N: 2048, K: 512 },
+];
+
+/** Seeded values in [-1, 1) so every backend multiplies the same numbers. */
+function fill(view: Float32Array, seed: number): void {
+  let state = seed >>> 0;
+  for (let i = 0; i < view.length; i++) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    view[i] = state / 2 ** 31 - 1;
+  }
+}
+
+/** Best GFLOP/s over `runs` timed runs of at least `minMs` each (after a warm-up). */
+function measure(kernels: Kernels, shape: Shape, runs: number, minMs: number): number {
+  const { transA, transB, M, N, K } = shape;
+  const A = kernels.alloc(M * K);
+  const B = kernels.alloc(K * N);
+  const C = kernels.alloc(M * N);
+  fill(A, 1);
+  fill(B, 2);
+  const call = (): void => kernels.sgemm(transA, transB, M, N, K, 1, A, B, 0, C);
+  const warmUntil = performance.now() + Math.min(minMs, 200);
+  do call();
+  while (performance.now() < warmUntil);
+  let best = 0;
+  for (let r = 0; r < runs; r++) {
+    let calls = 0;
+    const start = performance.now();
+    let elapsed = 0;
+    do {
+      call();
+      calls++;
+      elapsed = performance.now() - start;
+    } while (elapsed < minMs);
+    best = Math.max(best, (2 * M * N * K * calls) / (elapsed / 1000) / 1e9);
+  }
+  return Math.round(best * 10) / 10;
+}
+
+const threads = availableParallelism();
+const plain = new PlainKernels();
+const one = createKernels({ backend: "wasm", threads: 1 });
+const all = createKernels({ backend: "wasm", threads });
+if (all instanceof WasmKernels) all.waitForWorkers();
+
+const results = SHAPES.map((shape) => {
+  const small = shape.M * shape.N * shape.K < 1e8;
+  return {
+    shape: shape.label,
+    transA: shape.transA,
+    transB: shape.transB,
+    M: shape.M,
+    N: shape.N,
+    K: shape.K,
+    gflops: {
+      plain: measure(plain, shape, 2, small ? 100 : 300),
+      wasm1: measure(one, shape, 5, 150),
+      [`wasm${threads}`]: measure(all, shape, 5, 150),
+    },
+  };
+});
+one.dispose();
+all.dispose();
+console.log(JSON.stringify({ bench: "matmul", node: process.version, threads, results }, null, 2));

@@ -1,0 +1,325 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { after, test } from "node:test";
+import fc from "fast-check";
+import {
+  createKernels,
+  type Kernels,
+  kernelsModule,
+  PlainKernels,
+  plainSgemm,
+  WasmKernels,
+} from "../src/engine/kernels/index.js";
+import { Rng } from "../src/util/rng.js";
+
+const TRANS: [boolean, boolean][] = [
+  [false, false],
+  [false, true],
+  [true, false],
+  [true, true],
+];
+
+const single = createKernels({ backend: "wasm", threads: 1 });
+const threaded = createKernels({ backend: "wasm", threads: 2 });
+after(() => {
+  single.dispose();
+  threaded.dispose();
+});
+
+function asWasm(kernels: Kernels): WasmKernels {
+  assert.ok(kernels instanceof WasmKernels, `expected the wasm backend, got ${kernels.name}`);
+  return kernels;
+}
+
+function randomFill(view: Float32Array, rng: Rng): void {
+  for (let i = 0; i < view.length; i++) view[i] = rng.next() * 2 - 1;
+}
+
+interface Case {
+  transA: boolean;
+  transB: boolean;
+  M: number;
+  N: number;
+  K: number;
+  alpha: number;
+  beta: number;
+}
+
+/** Runs a case on `kernels` and on plainSgemm (fp64 sums) and asserts agreement within fp32 rounding. */
+function checkAgainstPlain(kernels: Kernels, c: Case, seed: number, offsets = [0, 0, 0]): void {
+  const { transA, transB, M, N, K, alpha, beta } = c;
+  const rng = new Rng(seed);
+  // Views at the given float offsets inside larger buffers: sgemm must honour byteOffset.
+  const A = kernels.alloc(M * K + offsets[0] + 5).subarray(offsets[0], offsets[0] + M * K);
+  const B = kernels.alloc(K * N + offsets[1] + 5).subarray(offsets[1], offsets[1] + K * N);
+  const C = kernels.alloc(M * N + offsets[2] + 5).subarray(offsets[2], offsets[2] + M * N);
+  randomFill(A, rng);
+  randomFill(B, rng);
+  randomFill(C, rng);
+  const expected = new Float32Array(C);
+  plainSgemm(transA, transB, M, N, K, alpha, A, B, beta, expected);
+  // Error bound per element: K-term fp32 sum of |a||b| plus the beta term.
+  const bound = new Float32Array(M * N);
+  plainSgemm(transA, transB, M, N, K, Math.abs(alpha), A.map(Math.abs), B.map(Math.abs), 0, bound);
+  const before = new Float32Array(C);
+  kernels.sgemm(transA, transB, M, N, K, alpha, A, B, beta, C);
+  for (let i = 0; i < M * N; i++) {
+    const tolerance = 1e-6 * (K + 8) * bound[i] + 1e-6 * Math.abs(beta * before[i]) + 1e-30;
+    const diff = Math.abs(C[i] - expected[i]);
+    if (!(diff <= tolerance)) {
+      assert.fail(
+        `${JSON.stringify(c)} element ${i}: got ${C[i]}, expected ${expected[i]} (diff ${diff} > ${tolerance})`,
+      );
+    }
+  }
+}
+
+test("wasm sgemm matches plainSgemm for all transposes, odd sizes and alpha/beta", () => {
+  const kernels = single;
+  const sizes = [
+    [1, 1, 1],
+    [1, 3, 17],
+    [3, 17, 65],
+    [17, 3, 130],
+    [65, 130, 17],
+    [130, 65, 3],
+    [8, 130, 65],
+    [9, 33, 257],
+    [4, 8, 4],
+    [260, 9, 300],
+    [5, 2100, 7],
+  ];
+  const scalars = [
+    [1, 0],
+    [1, 1],
+    [0.5, -0.25],
+    [-2, 1],
+  ];
+  let seed = 1;
+  for (const [transA, transB] of TRANS) {
+    for (const [M, N, K] of sizes) {
+      for (const [alpha, beta] of scalars) {
+        checkAgainstPlain(kernels, { transA, transB, M, N, K, alpha, beta }, seed++);
+      }
+    }
+  }
+});
+
+test("views at odd float offsets (not 16-byte aligned) are read and written in place", () => {
+  let seed = 100;
+  for (const [transA, transB] of TRANS) {
+    for (const [M, N, K] of [
+      [3, 17, 65],
+      [130, 67, 33],
+      [7, 130, 65],
+    ]) {
+      checkAgainstPlain(single, { transA, transB, M, N, K, alpha: 1, beta: 0.5 }, seed++, [1, 3, 5]);
+    }
+  }
+});
+
+test("beta = 0 overwrites C even when it holds NaN and Infinity", () => {
+  for (const [transA, transB] of TRANS) {
+    for (const [M, N, K] of [
+      [3, 5, 7],
+      [70, 33, 300],
+      [8, 40, 9],
+    ]) {
+      const rng = new Rng(M * 1000 + N);
+      const A = single.alloc(M * K);
+      const B = single.alloc(K * N);
+      const C = single.alloc(M * N);
+      randomFill(A, rng);
+      randomFill(B, rng);
+      C.fill(Number.NaN);
+      C[0] = Number.POSITIVE_INFINITY;
+      const expected = new Float32Array(M * N);
+      plainSgemm(transA, transB, M, N, K, 1.5, A, B, 0, expected);
+      single.sgemm(transA, transB, M, N, K, 1.5, A, B, 0, C);
+      for (let i = 0; i < M * N; i++) {
+        assert.ok(Number.isFinite(C[i]), `NaN leaked through beta = 0 at ${i} (${transA}, ${transB})`);
+        assert.ok(Math.abs(C[i] - expected[i]) <= 1e-4, `element ${i}: ${C[i]} vs ${expected[i]}`);
+      }
+    }
+  }
+});
+
+test("K = 0 scales C by beta, and M = 0 or N = 0 is a no-op", () => {
+  const A = single.alloc(12);
+  const B = single.alloc(12);
+  const C = single.alloc(6);
+  C.set([1, 2, 3, 4, 5, Number.NaN]);
+  single.sgemm(false, true, 2, 3, 0, 1, A, B, 2, C);
+  assert.deepEqual(Array.from(C.subarray(0, 5)), [2, 4, 6, 8, 10]);
+  single.sgemm(false, false, 2, 3, 0, 1, A, B, 0, C);
+  assert.deepEqual(Array.from(C), [0, 0, 0, 0, 0, 0]);
+  C.fill(7);
+  single.sgemm(false, false, 0, 3, 4, 1, A, B, 0, C);
+  single.sgemm(true, true, 2, 0, 4, 1, A, B, 0, C);
+  assert.deepEqual(Array.from(C), [7, 7, 7, 7, 7, 7]);
+});
+
+test("threaded sgemm is bit-identical to one thread (main thread helping, and workers alone)", () => {
+  const pool = asWasm(threaded);
+  assert.ok(pool.waitForWorkers(20000), "workers did not start");
+  // Two workers and a main thread that never claims a chunk: every chunk runs in a worker.
+  const onlyWorkers = new WasmKernels(kernelsModule(), { threads: 3, mainThreadWorks: false });
+  try {
+    assert.ok(onlyWorkers.waitForWorkers(20000), "workers did not start");
+    const shapes = [
+      [256, 200, 300],
+      [130, 515, 64],
+      [8, 1000, 100],
+      [3, 2000, 70],
+      [64, 64, 64],
+    ];
+    let seed = 500;
+    for (const [transA, transB] of TRANS) {
+      for (const [M, N, K] of shapes) {
+        const results: Float32Array[] = [];
+        for (const kernels of [single, pool, onlyWorkers]) {
+          const rng = new Rng(seed);
+          const A = kernels.alloc(M * K);
+          const B = kernels.alloc(K * N);
+          const C = kernels.alloc(M * N);
+          randomFill(A, rng);
+          randomFill(B, rng);
+          randomFill(C, rng);
+          kernels.sgemm(transA, transB, M, N, K, 0.75, A, B, 0.5, C);
+          results.push(C);
+        }
+        seed++;
+        const label = `${transA}/${transB} ${M}x${N}x${K}`;
+        assert.deepEqual(results[1], results[0], `2 threads differ from 1 thread: ${label}`);
+        assert.deepEqual(results[2], results[0], `workers alone differ from 1 thread: ${label}`);
+      }
+    }
+  } finally {
+    onlyWorkers.dispose();
+  }
+});
+
+test("random shapes agree with the reference (property)", () => {
+  fc.assert(
+    fc.property(
+      fc.boolean(),
+      fc.boolean(),
+      fc.integer({ min: 1, max: 40 }),
+      fc.integer({ min: 1, max: 40 }),
+      fc.integer({ min: 1, max: 40 }),
+      fc.constantFrom(0, 1, 0.5),
+      fc.integer({ min: 0, max: 1000 }),
+      (transA, transB, M, N, K, beta, seed) => {
+        checkAgainstPlain(threaded, { transA, transB, M, N, K, alpha: 1, beta }, seed, [seed % 4, 0, 1]);
+      },
+    ),
+    { numRuns: 150, seed: 42 },
+  );
+});
+
+test("alloc hands out zeroed, 64-byte aligned buffers and grows the memory without moving old ones", () => {
+  const kernels = asWasm(createKernels({ backend: "wasm", threads: 1 }));
+  try {
+    const first = kernels.alloc(10);
+    assert.equal(first.byteOffset % 64, 0);
+    first.fill(3);
+    const views: Float32Array[] = [first];
+    // 3 x 24 MiB forces several memory.grow calls past the initial 4 MiB.
+    for (let i = 0; i < 3; i++) {
+      const big = kernels.alloc(6 * 1024 * 1024);
+      assert.equal(big.byteOffset % 64, 0);
+      assert.equal(big[0], 0);
+      assert.equal(big[big.length - 1], 0);
+      big[big.length - 1] = i + 1;
+      views.push(big);
+    }
+    assert.ok(kernels.heapBytes() >= 3 * 24 * 1024 * 1024);
+    assert.equal(first[9], 3, "a view from before the growth must still see its data");
+    for (let i = 0; i < 3; i++) assert.equal(views[i + 1][views[i + 1].length - 1], i + 1);
+    // Operands from buffers of different growth generations still multiply correctly.
+    const A = first.subarray(0, 4);
+    A.set([1, 2, 3, 4]);
+    const B = views[3].subarray(0, 4);
+    B.set([1, 0, 0, 1]);
+    const C = kernels.alloc(4);
+    C.fill(Number.NaN);
+    kernels.sgemm(false, false, 2, 2, 2, 1, A, B, 0, C);
+    assert.deepEqual(Array.from(C), [1, 2, 3, 4]);
+    // A released block comes back zero-filled.
+    const scratch = kernels.alloc(1000);
+    scratch.fill(9);
+    kernels.release(scratch);
+    const again = kernels.alloc(1000);
+    assert.equal(again.byteOffset, scratch.byteOffset);
+    assert.ok(again.every((v) => v === 0));
+    kernels.release(again);
+    assert.throws(() => kernels.release(again), /released|not returned/);
+    assert.throws(() => kernels.release(new Float32Array(4)), /not returned/);
+    const zero = kernels.alloc(0);
+    assert.equal(zero.length, 0);
+    assert.throws(() => kernels.alloc(-1), RangeError);
+    assert.throws(() => kernels.alloc(1.5), RangeError);
+  } finally {
+    kernels.dispose();
+  }
+});
+
+test("sgemm rejects buffers it cannot read in place, short views and C overlapping an input", () => {
+  const A = single.alloc(6);
+  const B = single.alloc(6);
+  const C = single.alloc(4);
+  assert.throws(
+    () => single.sgemm(false, false, 2, 2, 3, 1, new Float32Array(6), B, 0, C),
+    /A was not allocated/,
+  );
+  assert.throws(
+    () => single.sgemm(false, false, 2, 2, 3, 1, A, B, 0, threaded.alloc(4)),
+    /C was not allocated/,
+  );
+  assert.throws(() => single.sgemm(false, false, 2, 2, 3, 1, A, B.subarray(1), 0, C), /B has 5 floats/);
+  assert.throws(() => single.sgemm(false, false, 2, 2, 3, 1, A, B, 0, A), /overlaps A/);
+  assert.throws(() => single.sgemm(false, false, -1, 2, 3, 1, A, B, 0, C), RangeError);
+});
+
+test("createKernels: plain on request, and auto falls back to plain with a warning", () => {
+  assert.equal(createKernels({ backend: "plain" }).name, "plain");
+  const fallback = createKernels({ backend: "auto", wasmPath: "/nonexistent/kernels.wasm" });
+  assert.match(fallback.warning ?? "", /kernels\.wasm not found/);
+  assert.equal(fallback.name, "plain");
+  assert.ok(fallback instanceof PlainKernels);
+  assert.throws(
+    () => createKernels({ backend: "wasm", wasmPath: "/nonexistent/kernels.wasm" }),
+    /WASM kernels unavailable/,
+  );
+  const auto = createKernels({ threads: 1 });
+  assert.equal(auto.warning, undefined);
+  assert.equal(auto.name, "wasm-simd x1 thread");
+  auto.dispose();
+});
+
+test("after dispose the kernels still compute, on the main thread", () => {
+  const kernels = createKernels({ backend: "wasm", threads: 2 });
+  asWasm(kernels).waitForWorkers(20000);
+  kernels.dispose();
+  checkAgainstPlain(kernels, { transA: false, transB: true, M: 100, N: 90, K: 80, alpha: 1, beta: 0 }, 7);
+});
+
+test("idle worker threads do not keep the process alive (no dispose)", () => {
+  const index = new URL("../src/engine/kernels/index.js", import.meta.url).href;
+  const script = `
+    import { createKernels } from ${JSON.stringify(index)};
+    const k = createKernels({ backend: "wasm", threads: 2 });
+    k.waitForWorkers(20000);
+    const a = k.alloc(64 * 64), b = k.alloc(64 * 64), c = k.alloc(64 * 64);
+    k.sgemm(false, false, 64, 64, 64, 1, a, b, 0, c);
+    console.log("done");
+  `;
+  const started = Date.now();
+  const child = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
+    encoding: "utf8",
+    timeout: 20000,
+  });
+  assert.equal(child.status, 0, child.stderr);
+  assert.equal(child.stdout.trim(), "done");
+  assert.ok(Date.now() - started < 15000);
+});
