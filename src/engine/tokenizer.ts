@@ -158,13 +158,13 @@ const ModelSchema = z.looseObject({
 });
 
 const TokenizerFileSchema = z.looseObject({
+  model: ModelSchema,
   version: z.string().optional(),
   added_tokens: z.array(AddedTokenSchema).nullable().default([]),
   normalizer: z.unknown().optional(),
-  pre_tokenizer: z.unknown(),
+  pre_tokenizer: z.unknown().optional(),
   post_processor: z.unknown().optional(),
   decoder: z.unknown().optional(),
-  model: ModelSchema,
 });
 
 function parseOrThrow<T>(schema: z.ZodType<T>, value: unknown, source: string, base: PropertyKey[]): T {
@@ -201,7 +201,11 @@ function buildPreTokenizer(
   warnings: string[],
   state: { byteLevel: boolean },
 ): PreTokenizeStep {
-  const type = (node as { type?: unknown } | null)?.type;
+  if (node === null || node === undefined)
+    throw new UserError(
+      `${source}: field ${formatPath(path)}: missing (byte-level BPE needs a ByteLevel pre-tokenizer)`,
+    );
+  const type = (node as { type?: unknown }).type;
   if (type === "ByteLevel") {
     const cfg = parseOrThrow(ByteLevelSchema, node, source, path);
     state.byteLevel = true;
@@ -713,7 +717,8 @@ export class BpeTokenizer {
 
   /** Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD, as in HF. */
   decode(ids: readonly number[], options: DecodeOptions = {}): string {
-    return new TextDecoder("utf-8").decode(this.decodeBytes(ids, options));
+    // ignoreBOM keeps a leading U+FEFF that is part of the text, as HF does.
+    return new TextDecoder("utf-8", { ignoreBOM: true }).decode(this.decodeBytes(ids, options));
   }
 
   /** The raw bytes of a sequence of ids. */
