@@ -38,8 +38,6 @@ export class KernelPool {
       const worker = new Worker(new URL("./worker.js", import.meta.url), {
         workerData: { module, memory, control: buffer, index, work: workspaces[index], spin },
       });
-      // Idle workers must never keep the process alive.
-      worker.unref();
       worker.on("message", (message: { failed?: string }) => {
         if (message.failed !== undefined) this.failures.push(message.failed);
       });
@@ -47,6 +45,8 @@ export class KernelPool {
         this.failures.push(error.message);
         Atomics.store(this.control.words, CONTROL.READY + index, 0);
       });
+      // Idle workers must never keep the process alive (after the listeners: adding one re-refs).
+      worker.unref();
       this.workers.push(worker);
     }
   }
