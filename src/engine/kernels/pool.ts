@@ -37,6 +37,8 @@ export class KernelPool {
     for (let index = 0; index < this.size; index++) {
       const worker = new Worker(new URL("./worker.js", import.meta.url), {
         workerData: { module, memory, control: buffer, index, work: workspaces[index], spin },
+        // Workers inherit the parent's node flags; --input-type (node -e / stdin scripts) makes them fail.
+        execArgv: workerExecArgv(process.execArgv),
       });
       worker.on("message", (message: { failed?: string }) => {
         if (message.failed !== undefined) this.failures.push(message.failed);
@@ -115,4 +117,14 @@ export class KernelPool {
     Atomics.notify(this.control.words, CONTROL.GEN);
     for (const worker of this.workers) void worker.terminate();
   }
+}
+
+/** The parent's node flags minus --input-type (and its separate value, if given as two words). */
+function workerExecArgv(parent: string[]): string[] {
+  const flags: string[] = [];
+  for (let i = 0; i < parent.length; i++) {
+    if (parent[i] === "--input-type") i++;
+    else if (!parent[i].startsWith("--input-type=")) flags.push(parent[i]);
+  }
+  return flags;
 }
