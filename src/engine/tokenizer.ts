@@ -761,27 +761,96 @@ export class BpeTokenizer {
       const whole = this.tokenIds.get(bytes.map((b) => BYTE_TO_CHAR[b]).join(""));
       if (whole !== undefined) return [whole];
     }
-    let symbols = bytes.map((b) => this.byteIds[b]);
-    // Repeatedly apply the best-ranked merge present, at every non-overlapping place left to right.
-    while (symbols.length > 1) {
-      let bestRank = Number.POSITIVE_INFINITY;
-      for (let i = 0; i + 1 < symbols.length; i++) {
-        const rank = this.mergeRank.get(pairKey(symbols[i], symbols[i + 1]));
-        if (rank !== undefined && rank < bestRank) bestRank = rank;
-      }
-      if (bestRank === Number.POSITIVE_INFINITY) break;
-      const [a, b] = this.merges[bestRank];
-      const merged = this.mergeResult[bestRank];
-      const next: number[] = [];
-      for (let i = 0; i < symbols.length; i++) {
-        if (i + 1 < symbols.length && symbols[i] === a && symbols[i + 1] === b) {
-          next.push(merged);
-          i++;
-        } else next.push(symbols[i]);
-      }
-      symbols = next;
+    return this.applyMerges(bytes.map((b) => this.byteIds[b]));
+  }
+
+  /**
+   * Applies merges as HF does: always the lowest-ranked mergeable pair next, leftmost first among
+   * equals, over a linked list of symbols with a heap of candidate merges, so a long word costs
+   * O(n log n) rather than O(n^2).
+   */
+  private applyMerges(symbols: number[]): number[] {
+    const n = symbols.length;
+    if (n < 2) return symbols;
+    const id = Int32Array.from(symbols);
+    const prev = new Int32Array(n);
+    const next = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      prev[i] = i - 1;
+      next[i] = i + 1 < n ? i + 1 : -1;
     }
-    return symbols;
+    // Candidates are rank * 2^26 + position: ordered by rank, then by position.
+    const heap = new MinHeap();
+    const consider = (pos: number) => {
+      const after = next[pos];
+      if (after < 0) return;
+      const rank = this.mergeRank.get(pairKey(id[pos], id[after]));
+      if (rank !== undefined) heap.push(rank * POSITION_LIMIT + pos);
+    };
+    for (let i = 0; i + 1 < n; i++) consider(i);
+    while (heap.size > 0) {
+      const top = heap.pop();
+      const rank = Math.floor(top / POSITION_LIMIT);
+      const pos = top - rank * POSITION_LIMIT;
+      const after = next[pos];
+      // Stale: the symbol was absorbed, lost its right neighbour, or the pair there changed.
+      if (id[pos] < 0 || after < 0 || this.mergeRank.get(pairKey(id[pos], id[after])) !== rank) continue;
+      id[pos] = this.mergeResult[rank];
+      id[after] = -1;
+      next[pos] = next[after];
+      if (next[pos] >= 0) prev[next[pos]] = pos;
+      if (prev[pos] >= 0) consider(prev[pos]);
+      consider(pos);
+    }
+    const out: number[] = [];
+    for (let i = 0; i >= 0; i = next[i]) out.push(id[i]);
+    return out;
+  }
+}
+
+// Word positions must stay below this for heap keys (rank * limit + position) to be exact doubles.
+const POSITION_LIMIT = 2 ** 26;
+
+/** A binary min-heap of numbers. */
+class MinHeap {
+  private items: number[] = [];
+
+  get size(): number {
+    return this.items.length;
+  }
+
+  push(value: number): void {
+    const items = this.items;
+    items.push(value);
+    let i = items.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (items[parent] <= value) break;
+      items[i] = items[parent];
+      i = parent;
+    }
+    items[i] = value;
+  }
+
+  pop(): number {
+    const items = this.items;
+    const top = items[0];
+    const last = items.pop() as number;
+    const n = items.length;
+    if (n > 0) {
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        if (l >= n) break;
+        const r = l + 1;
+        const child = r < n && items[r] < items[l] ? r : l;
+        if (items[child] >= last) break;
+        items[i] = items[child];
+        i = child;
+      }
+      items[i] = last;
+    }
+    return top;
   }
 }
 
