@@ -118,9 +118,6 @@ export function tokenizerConfigJson(
     };
   const chatTokens = [IM_START, IM_END].filter((t) => tokenizer.hasSpecial(t));
   return {
-    add_bos_token: false,
-    add_eos_token: false,
-    add_prefix_space: false,
     added_tokens_decoder: addedTokensDecoder,
     additional_special_tokens: chatTokens,
     bos_token: null,

@@ -605,7 +605,8 @@ export class BpeTokenizer {
         end_of_word_suffix: null,
         fuse_unk: false,
         byte_fallback: false,
-        ignore_merges: this.extras.ignoreMerges,
+        // Written only when set: older HF releases predate the field.
+        ...(this.extras.ignoreMerges ? { ignore_merges: true } : {}),
         vocab,
         merges: needPairs ? pairs.map(([a, b]) => [a, b]) : pairs.map(([a, b]) => `${a} ${b}`),
       },
