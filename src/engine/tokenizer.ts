@@ -292,6 +292,9 @@ function defaultExtras(): JsonExtras {
   };
 }
 
+// ignoreBOM keeps a leading U+FEFF that is part of the text, as HF does; invalid bytes become U+FFFD.
+const UTF8_DECODER = new TextDecoder("utf-8", { ignoreBOM: true });
+
 // A word cache bounded so a long-running server cannot grow it without limit.
 const CACHE_LIMIT = 200_000;
 
@@ -718,8 +721,7 @@ export class BpeTokenizer {
 
   /** Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD, as in HF. */
   decode(ids: readonly number[], options: DecodeOptions = {}): string {
-    // ignoreBOM keeps a leading U+FEFF that is part of the text, as HF does.
-    return new TextDecoder("utf-8", { ignoreBOM: true }).decode(this.decodeBytes(ids, options));
+    return UTF8_DECODER.decode(this.decodeBytes(ids, options));
   }
 
   /** The raw bytes of a sequence of ids. */
