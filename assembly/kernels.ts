@@ -342,6 +342,75 @@ function dot1(a: usize, b: usize, K: i32): f32 {
   return s;
 }
 
+/** One row of A against 8 rows of B: 8 independent dot products, so the adds do not wait on each other. */
+function ntRow1x8(a0: usize, b0: usize, lb: usize, K: i32, c0: usize, alpha: f32, beta: f32): void {
+  let s0 = f32x4.splat(0);
+  let s1 = f32x4.splat(0);
+  let s2 = f32x4.splat(0);
+  let s3 = f32x4.splat(0);
+  let s4 = f32x4.splat(0);
+  let s5 = f32x4.splat(0);
+  let s6 = f32x4.splat(0);
+  let s7 = f32x4.splat(0);
+  let k = 0;
+  for (; k + 4 <= K; k += 4) {
+    const o = <usize>k << 2;
+    const x = v128.load(a0 + o);
+    let p = b0 + o;
+    s0 = f32x4.add(s0, f32x4.mul(x, v128.load(p)));
+    p += lb;
+    s1 = f32x4.add(s1, f32x4.mul(x, v128.load(p)));
+    p += lb;
+    s2 = f32x4.add(s2, f32x4.mul(x, v128.load(p)));
+    p += lb;
+    s3 = f32x4.add(s3, f32x4.mul(x, v128.load(p)));
+    p += lb;
+    s4 = f32x4.add(s4, f32x4.mul(x, v128.load(p)));
+    p += lb;
+    s5 = f32x4.add(s5, f32x4.mul(x, v128.load(p)));
+    p += lb;
+    s6 = f32x4.add(s6, f32x4.mul(x, v128.load(p)));
+    p += lb;
+    s7 = f32x4.add(s7, f32x4.mul(x, v128.load(p)));
+  }
+  let t0 = hsum(s0);
+  let t1 = hsum(s1);
+  let t2 = hsum(s2);
+  let t3 = hsum(s3);
+  let t4 = hsum(s4);
+  let t5 = hsum(s5);
+  let t6 = hsum(s6);
+  let t7 = hsum(s7);
+  for (; k < K; k++) {
+    const o = <usize>k << 2;
+    const x = load<f32>(a0 + o);
+    let p = b0 + o;
+    t0 += x * load<f32>(p);
+    p += lb;
+    t1 += x * load<f32>(p);
+    p += lb;
+    t2 += x * load<f32>(p);
+    p += lb;
+    t3 += x * load<f32>(p);
+    p += lb;
+    t4 += x * load<f32>(p);
+    p += lb;
+    t5 += x * load<f32>(p);
+    p += lb;
+    t6 += x * load<f32>(p);
+    p += lb;
+    t7 += x * load<f32>(p);
+  }
+  finish(c0 + 0, t0, alpha, beta);
+  finish(c0 + 4, t1, alpha, beta);
+  finish(c0 + 8, t2, alpha, beta);
+  finish(c0 + 12, t3, alpha, beta);
+  finish(c0 + 16, t4, alpha, beta);
+  finish(c0 + 20, t5, alpha, beta);
+  finish(c0 + 24, t6, alpha, beta);
+  finish(c0 + 28, t7, alpha, beta);
+}
+
 /** C = alpha A B^T + beta C for A [M, K] row-major (not transposed) and B [N, K]; any M, best M <= 8. */
 function smallNT(
   M: i32,
@@ -359,14 +428,15 @@ function smallNT(
   const la = <usize>lda << 2;
   const lb = <usize>ldb << 2;
   const lc = <usize>ldc << 2;
+  const pairs = M & ~1;
   let j = 0;
+  // j outer: the 4 rows of B stay in L1 while every pair of rows of A passes over them.
   for (; j + 4 <= N; j += 4) {
     const b0 = b + <usize>j * lb;
     const b1 = b0 + lb;
     const b2 = b1 + lb;
     const b3 = b2 + lb;
-    let i = 0;
-    for (; i + 2 <= M; i += 2) {
+    for (let i = 0; i < pairs; i += 2) {
       const a0 = a + <usize>i * la;
       const a1 = a0 + la;
       let s00 = f32x4.splat(0);
@@ -431,24 +501,199 @@ function smallNT(
       finish(c1 + 8, t12, alpha, beta);
       finish(c1 + 12, t13, alpha, beta);
     }
-    for (; i < M; i++) {
-      const a0 = a + <usize>i * la;
-      const c0 = c + <usize>i * lc + (<usize>j << 2);
-      finish(c0, dot1(a0, b0, K), alpha, beta);
-      finish(c0 + 4, dot1(a0, b1, K), alpha, beta);
-      finish(c0 + 8, dot1(a0, b2, K), alpha, beta);
-      finish(c0 + 12, dot1(a0, b3, K), alpha, beta);
-    }
   }
   for (; j < N; j++) {
     const b0 = b + <usize>j * lb;
-    for (let i = 0; i < M; i++) {
+    for (let i = 0; i < pairs; i++) {
       finish(c + <usize>i * lc + (<usize>j << 2), dot1(a + <usize>i * la, b0, K), alpha, beta);
     }
   }
+  if (pairs < M) {
+    // The odd last row (all of a decode step with one sequence): 8 columns at a time.
+    const a0 = a + <usize>pairs * la;
+    const c0 = c + <usize>pairs * lc;
+    let jj = 0;
+    for (; jj + 8 <= N; jj += 8) ntRow1x8(a0, b + <usize>jj * lb, lb, K, c0 + (<usize>jj << 2), alpha, beta);
+    for (; jj < N; jj++) finish(c0 + (<usize>jj << 2), dot1(a0, b + <usize>jj * lb, K), alpha, beta);
+  }
 }
 
-/** C = alpha op(A) B + beta C for B [K, N] row-major; rows of B stream through once per 4 rows of C. */
+/** Up to 4 rows (rows >= 1) of op(A) B, 8 columns; rows past `rows` re-read row 0 and are not stored. */
+function nn4x8(
+  rows: i32,
+  K: i32,
+  a: usize,
+  stepI: usize,
+  stepK: usize,
+  b: usize,
+  lb: usize,
+  c: usize,
+  lc: usize,
+  alpha: f32,
+  beta: f32,
+): void {
+  const o1: usize = rows > 1 ? stepI : 0;
+  const o2: usize = rows > 2 ? 2 * stepI : 0;
+  const o3: usize = rows > 3 ? 3 * stepI : 0;
+  let c00 = f32x4.splat(0);
+  let c01 = f32x4.splat(0);
+  let c10 = f32x4.splat(0);
+  let c11 = f32x4.splat(0);
+  let c20 = f32x4.splat(0);
+  let c21 = f32x4.splat(0);
+  let c30 = f32x4.splat(0);
+  let c31 = f32x4.splat(0);
+  let pa = a;
+  let pb = b;
+  for (let k = 0; k < K; k++) {
+    const b0 = v128.load(pb);
+    const b1 = v128.load(pb, 16);
+    let x = v128.load32_splat(pa);
+    c00 = f32x4.add(c00, f32x4.mul(x, b0));
+    c01 = f32x4.add(c01, f32x4.mul(x, b1));
+    x = v128.load32_splat(pa + o1);
+    c10 = f32x4.add(c10, f32x4.mul(x, b0));
+    c11 = f32x4.add(c11, f32x4.mul(x, b1));
+    x = v128.load32_splat(pa + o2);
+    c20 = f32x4.add(c20, f32x4.mul(x, b0));
+    c21 = f32x4.add(c21, f32x4.mul(x, b1));
+    x = v128.load32_splat(pa + o3);
+    c30 = f32x4.add(c30, f32x4.mul(x, b0));
+    c31 = f32x4.add(c31, f32x4.mul(x, b1));
+    pa += stepK;
+    pb += lb;
+  }
+  const va = f32x4.splat(alpha);
+  const vb = f32x4.splat(beta);
+  const overwrite = beta == 0;
+  update(c00, c, va, vb, overwrite);
+  update(c01, c + 16, va, vb, overwrite);
+  if (rows > 1) {
+    update(c10, c + lc, va, vb, overwrite);
+    update(c11, c + lc + 16, va, vb, overwrite);
+  }
+  if (rows > 2) {
+    update(c20, c + 2 * lc, va, vb, overwrite);
+    update(c21, c + 2 * lc + 16, va, vb, overwrite);
+  }
+  if (rows > 3) {
+    update(c30, c + 3 * lc, va, vb, overwrite);
+    update(c31, c + 3 * lc + 16, va, vb, overwrite);
+  }
+}
+
+/** Two rows of op(A) B, 16 columns: 8 accumulators, B loaded once for both rows. */
+function nn2x16(
+  K: i32,
+  a: usize,
+  stepI: usize,
+  stepK: usize,
+  b: usize,
+  lb: usize,
+  c: usize,
+  lc: usize,
+  alpha: f32,
+  beta: f32,
+): void {
+  let c00 = f32x4.splat(0);
+  let c01 = f32x4.splat(0);
+  let c02 = f32x4.splat(0);
+  let c03 = f32x4.splat(0);
+  let c10 = f32x4.splat(0);
+  let c11 = f32x4.splat(0);
+  let c12 = f32x4.splat(0);
+  let c13 = f32x4.splat(0);
+  let pa = a;
+  let pb = b;
+  for (let k = 0; k < K; k++) {
+    const b0 = v128.load(pb, 0);
+    const b1 = v128.load(pb, 16);
+    const b2 = v128.load(pb, 32);
+    const b3 = v128.load(pb, 48);
+    const x0 = v128.load32_splat(pa);
+    c00 = f32x4.add(c00, f32x4.mul(x0, b0));
+    c01 = f32x4.add(c01, f32x4.mul(x0, b1));
+    c02 = f32x4.add(c02, f32x4.mul(x0, b2));
+    c03 = f32x4.add(c03, f32x4.mul(x0, b3));
+    const x1 = v128.load32_splat(pa + stepI);
+    c10 = f32x4.add(c10, f32x4.mul(x1, b0));
+    c11 = f32x4.add(c11, f32x4.mul(x1, b1));
+    c12 = f32x4.add(c12, f32x4.mul(x1, b2));
+    c13 = f32x4.add(c13, f32x4.mul(x1, b3));
+    pa += stepK;
+    pb += lb;
+  }
+  const va = f32x4.splat(alpha);
+  const vb = f32x4.splat(beta);
+  const overwrite = beta == 0;
+  update(c00, c, va, vb, overwrite);
+  update(c01, c + 16, va, vb, overwrite);
+  update(c02, c + 32, va, vb, overwrite);
+  update(c03, c + 48, va, vb, overwrite);
+  update(c10, c + lc, va, vb, overwrite);
+  update(c11, c + lc + 16, va, vb, overwrite);
+  update(c12, c + lc + 32, va, vb, overwrite);
+  update(c13, c + lc + 48, va, vb, overwrite);
+}
+
+/** One row of op(A) B, 32 columns: 8 independent accumulators for a single row (decode). */
+function nn1x32(
+  K: i32,
+  a: usize,
+  stepI: usize,
+  stepK: usize,
+  b: usize,
+  lb: usize,
+  c: usize,
+  lc: usize,
+  alpha: f32,
+  beta: f32,
+): void {
+  let c00 = f32x4.splat(0);
+  let c01 = f32x4.splat(0);
+  let c02 = f32x4.splat(0);
+  let c03 = f32x4.splat(0);
+  let c04 = f32x4.splat(0);
+  let c05 = f32x4.splat(0);
+  let c06 = f32x4.splat(0);
+  let c07 = f32x4.splat(0);
+  let pa = a;
+  let pb = b;
+  for (let k = 0; k < K; k++) {
+    const b0 = v128.load(pb, 0);
+    const b1 = v128.load(pb, 16);
+    const b2 = v128.load(pb, 32);
+    const b3 = v128.load(pb, 48);
+    const b4 = v128.load(pb, 64);
+    const b5 = v128.load(pb, 80);
+    const b6 = v128.load(pb, 96);
+    const b7 = v128.load(pb, 112);
+    const x0 = v128.load32_splat(pa);
+    c00 = f32x4.add(c00, f32x4.mul(x0, b0));
+    c01 = f32x4.add(c01, f32x4.mul(x0, b1));
+    c02 = f32x4.add(c02, f32x4.mul(x0, b2));
+    c03 = f32x4.add(c03, f32x4.mul(x0, b3));
+    c04 = f32x4.add(c04, f32x4.mul(x0, b4));
+    c05 = f32x4.add(c05, f32x4.mul(x0, b5));
+    c06 = f32x4.add(c06, f32x4.mul(x0, b6));
+    c07 = f32x4.add(c07, f32x4.mul(x0, b7));
+    pa += stepK;
+    pb += lb;
+  }
+  const va = f32x4.splat(alpha);
+  const vb = f32x4.splat(beta);
+  const overwrite = beta == 0;
+  update(c00, c, va, vb, overwrite);
+  update(c01, c + 16, va, vb, overwrite);
+  update(c02, c + 32, va, vb, overwrite);
+  update(c03, c + 48, va, vb, overwrite);
+  update(c04, c + 64, va, vb, overwrite);
+  update(c05, c + 80, va, vb, overwrite);
+  update(c06, c + 96, va, vb, overwrite);
+  update(c07, c + 112, va, vb, overwrite);
+}
+
+/** C = alpha op(A) B + beta C for B [K, N] row-major, streaming B in place; best for few rows. */
 function smallNN(
   transA: bool,
   M: i32,
@@ -469,61 +714,19 @@ function smallNN(
   // Address step of op(A)(i, k) along i and along k.
   const stepI: usize = transA ? 4 : la;
   const stepK: usize = transA ? la : 4;
-  const va = f32x4.splat(alpha);
-  const vb = f32x4.splat(beta);
-  const overwrite = beta == 0;
-  for (let i = 0; i < M; i += 4) {
+  for (let i = 0; i < M; ) {
     const rows = min(4, M - i);
     const ai = a + <usize>i * stepI;
-    // Rows past M read row 0 again (always valid) and are never stored.
-    const o1: usize = rows > 1 ? stepI : 0;
-    const o2: usize = rows > 2 ? 2 * stepI : 0;
-    const o3: usize = rows > 3 ? 3 * stepI : 0;
+    const ci = c + <usize>i * lc;
     let j = 0;
+    // Wider tiles for one or two rows keep 8 accumulators busy instead of computing unused rows.
+    if (rows == 1) {
+      for (; j + 32 <= N; j += 32) nn1x32(K, ai, stepI, stepK, b + (<usize>j << 2), lb, ci + (<usize>j << 2), lc, alpha, beta);
+    } else if (rows == 2) {
+      for (; j + 16 <= N; j += 16) nn2x16(K, ai, stepI, stepK, b + (<usize>j << 2), lb, ci + (<usize>j << 2), lc, alpha, beta);
+    }
     for (; j + 8 <= N; j += 8) {
-      let c00 = f32x4.splat(0);
-      let c01 = f32x4.splat(0);
-      let c10 = f32x4.splat(0);
-      let c11 = f32x4.splat(0);
-      let c20 = f32x4.splat(0);
-      let c21 = f32x4.splat(0);
-      let c30 = f32x4.splat(0);
-      let c31 = f32x4.splat(0);
-      let pa = ai;
-      let pb = b + (<usize>j << 2);
-      for (let k = 0; k < K; k++) {
-        const b0 = v128.load(pb);
-        const b1 = v128.load(pb, 16);
-        let x = v128.load32_splat(pa);
-        c00 = f32x4.add(c00, f32x4.mul(x, b0));
-        c01 = f32x4.add(c01, f32x4.mul(x, b1));
-        x = v128.load32_splat(pa + o1);
-        c10 = f32x4.add(c10, f32x4.mul(x, b0));
-        c11 = f32x4.add(c11, f32x4.mul(x, b1));
-        x = v128.load32_splat(pa + o2);
-        c20 = f32x4.add(c20, f32x4.mul(x, b0));
-        c21 = f32x4.add(c21, f32x4.mul(x, b1));
-        x = v128.load32_splat(pa + o3);
-        c30 = f32x4.add(c30, f32x4.mul(x, b0));
-        c31 = f32x4.add(c31, f32x4.mul(x, b1));
-        pa += stepK;
-        pb += lb;
-      }
-      const c0 = c + <usize>i * lc + (<usize>j << 2);
-      update(c00, c0, va, vb, overwrite);
-      update(c01, c0 + 16, va, vb, overwrite);
-      if (rows > 1) {
-        update(c10, c0 + lc, va, vb, overwrite);
-        update(c11, c0 + lc + 16, va, vb, overwrite);
-      }
-      if (rows > 2) {
-        update(c20, c0 + 2 * lc, va, vb, overwrite);
-        update(c21, c0 + 2 * lc + 16, va, vb, overwrite);
-      }
-      if (rows > 3) {
-        update(c30, c0 + 3 * lc, va, vb, overwrite);
-        update(c31, c0 + 3 * lc + 16, va, vb, overwrite);
-      }
+      nn4x8(rows, K, ai, stepI, stepK, b + (<usize>j << 2), lb, ci + (<usize>j << 2), lc, alpha, beta);
     }
     // Leftover columns: scalar, with the same fp32 operation order as a vector lane.
     for (; j < N; j++) {
@@ -536,9 +739,10 @@ function smallNN(
           pa += stepK;
           pb += lb;
         }
-        finish(c + <usize>(i + r) * lc + (<usize>j << 2), s, alpha, beta);
+        finish(ci + <usize>r * lc + (<usize>j << 2), s, alpha, beta);
       }
     }
+    i += rows;
   }
 }
 

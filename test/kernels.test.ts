@@ -88,6 +88,10 @@ test("wasm sgemm matches plainSgemm for all transposes, odd sizes and alpha/beta
     [4, 8, 4],
     [260, 9, 300],
     [5, 2100, 7],
+    [1, 70, 45],
+    [2, 40, 33],
+    [6, 50, 20],
+    [7, 37, 9],
   ];
   const scalars = [
     [1, 0],
@@ -171,6 +175,8 @@ test("threaded sgemm is bit-identical to one thread (main thread helping, and wo
       [130, 515, 64],
       [8, 1000, 100],
       [3, 2000, 70],
+      [1, 3000, 90],
+      [6, 1500, 40],
       [64, 64, 64],
     ];
     let seed = 500;
