@@ -102,6 +102,8 @@ test("Logicality: steps in order score 1, reversed or missing steps score low", 
   assert.ok(scoreLogicality(bags, `First, ${second} Then, ${first}`) <= 0.4);
   assert.ok(scoreLogicality(bags, `Then, ${second}`) <= 0.5);
   assert.equal(scoreLogicality(bags, `So ${bags.answer} are left.`), 0);
+  const slip = `${s2.a} - ${s2.b} = ${s2.result + 1}.`;
+  assert.equal(scoreLogicality(bags, `First, ${first} Then, ${slip}`), 0.75);
   assert.equal(scoreLogicality(sum, "anything"), NEUTRAL);
 });
 

@@ -6,7 +6,7 @@
  *
  * What each scorer looks for, in short:
  * - Accuracy: the stated answer (last number, or the named fact) is right and no wrong value is named.
- * - Logicality: the expected steps of a word problem appear, in order.
+ * - Logicality: the expected steps of a word problem appear, with right results, in order.
  * - Comprehensiveness: share of the expected points covered (advice, descriptions).
  * - Helpfulness: the answer has substance for the request and does not deflect or hedge.
  * - Literariness: vivid words from the lexicon, a figure of speech, the subject named.
@@ -80,26 +80,34 @@ function canonicalMath(text: string): string {
     .replace(/ minus /g, " - ");
 }
 
-function stepPosition(text: string, s: Step): number {
+/** Where a step is first written ("4 x 6", or "6 x 4" for + and x), and whether its shown result is right. */
+function findStep(text: string, s: Step): { at: number; right: boolean } | null {
   const op = s.op === "x" ? "x" : `\\${s.op}`;
   const forms = [`${s.a}\\s*${op}\\s*${s.b}`];
   if (s.op === "+" || s.op === "x") forms.push(`${s.b}\\s*${op}\\s*${s.a}`);
-  let best = -1;
+  let best: { at: number; right: boolean } | null = null;
   for (const form of forms) {
-    const m = new RegExp(`(?<![0-9])${form}(?![0-9])`).exec(text);
-    if (m && (best < 0 || m.index < best)) best = m.index;
+    const m = new RegExp(`(?<![0-9])${form}(?![0-9])(?:\\s*(?:=|is|makes|gives|equals)\\s*(-?\\d+))?`).exec(
+      text,
+    );
+    if (m && (best === null || m.index < best.at))
+      best = { at: m.index, right: m[1] === undefined || Number(m[1]) === s.result };
   }
   return best;
 }
 
-/** Logicality: the word problem's steps are all shown, in the right order. */
+/**
+ * Logicality: the word problem's steps are all shown, right and in order. A shown step with a wrong
+ * result counts half; steps out of order cut the score to 40%.
+ */
 export function scoreLogicality(query: WorldQuery, response: string): number {
   if (query.family !== "wordProblem") return NEUTRAL;
   const text = canonicalMath(response);
-  const positions = query.steps.map((s) => stepPosition(text, s)).filter((p) => p >= 0);
-  if (positions.length === 0) return 0;
-  const inOrder = positions.every((p, i) => i === 0 || p > positions[i - 1]);
-  return (positions.length / query.steps.length) * (inOrder ? 1 : 0.4);
+  const found = query.steps.map((s) => findStep(text, s)).filter((f) => f !== null);
+  if (found.length === 0) return 0;
+  const credit = found.reduce((sum, f) => sum + (f.right ? 1 : 0.5), 0);
+  const inOrder = found.every((f, i) => i === 0 || f.at > found[i - 1].at);
+  return (credit / query.steps.length) * (inOrder ? 1 : 0.4);
 }
 
 /** Comprehensiveness: share of the expected points the answer covers. */
