@@ -388,23 +388,20 @@ export class BatchScheduler {
       lengths: Int32Array.from([T]),
       lossMask: new Uint8Array(T).fill(1),
     };
+    // The log-probs come from forward itself, so an echo reports exactly what training and
+    // `selfsteer logprobs` compute; the top ids need the logits, which cost a second pass.
+    const { tokenLogprobs } = this.model.forward(batch);
     const logprobs = new Float64Array(T);
     logprobs[0] = Number.NaN;
-    const top: TokenLogprob[][] = [[]];
+    for (let t = 1; t < T; t++) logprobs[t] = tokenLogprobs[t];
+    const top: TokenLogprob[][] = ids.map(() => []);
     if (topLogprobs > 0) {
-      // Row t of the logits predicts token t + 1.
       const logits = this.model.forwardLogits(batch);
       for (let t = 1; t < T; t++) {
+        // Row t - 1 predicts token t; its normaliser is the one forward used for that token.
         const offset = (t - 1) * V;
-        const lse = logSumExp(logits, offset, V);
-        logprobs[t] = logits[offset + ids[t]] - lse;
-        top.push(topLogprobsOf(logits, offset, this.sampleVocab, topLogprobs, lse));
-      }
-    } else {
-      const { tokenLogprobs } = this.model.forward(batch);
-      for (let t = 1; t < T; t++) {
-        logprobs[t] = tokenLogprobs[t];
-        top.push([]);
+        const lse = logits[offset + ids[t]] - logprobs[t];
+        top[t] = topLogprobsOf(logits, offset, this.sampleVocab, topLogprobs, lse);
       }
     }
     return { logprobs, top };
