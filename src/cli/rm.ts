@@ -12,7 +12,9 @@ import {
   saveTrainerState,
   type TrainerState,
 } from "../engine/checkpoint.js";
+import type { LlamaConfig } from "../engine/config.js";
 import { type CreatedKernels, createKernels } from "../engine/kernels/index.js";
+import { type LoadedModelDir, loadModelDir } from "../engine/load.js";
 import { LlamaModel } from "../engine/model.js";
 import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import { BpeTokenizer } from "../engine/tokenizer.js";
@@ -92,8 +94,8 @@ function tokenizerOf(dir: string, ckpt: LoadedCheckpoint): BpeTokenizer {
   return tokenizer;
 }
 
-function defaultMaxLen(ckpt: LoadedCheckpoint): number {
-  return Math.min(1024, ckpt.config.max_position_embeddings);
+function defaultMaxLen(config: LlamaConfig): number {
+  return Math.min(1024, config.max_position_embeddings);
 }
 
 function weightsDigest(model: LlamaModel): string {
@@ -101,19 +103,14 @@ function weightsDigest(model: LlamaModel): string {
   return createHash("sha256").update(new Uint8Array(model.params.slice().buffer)).digest("hex");
 }
 
-/** A reward model (score head) loaded from a checkpoint; a causal LM is refused. */
-function loadRewardModel(
-  dir: string,
-  kernels: CreatedKernels,
-): { model: LlamaModel; ckpt: LoadedCheckpoint } {
-  const ckpt = loadCheckpoint(dir);
-  if (!ckpt.scoreHead)
+/** A reward model (score head) and its tokenizer from a checkpoint; a causal LM is refused. */
+function loadRewardModel(dir: string, kernels: CreatedKernels): LoadedModelDir {
+  const loaded = loadModelDir(dir, { kernels });
+  if (!loaded.model.hasScoreHead)
     throw new UserError(
       `${dir}: not a reward model (no score.weight); train one with selfsteer rm train --model ${dir}`,
     );
-  const model = new LlamaModel(ckpt.config, kernels, { scoreHead: true });
-  model.loadTensors(ckpt.tensors.values());
-  return { model, ckpt };
+  return loaded;
 }
 
 function mean(values: readonly number[]): number | null {
@@ -175,7 +172,7 @@ function trainCommand(flags: TrainFlags): void {
   const ckpt = loadCheckpoint(sourceDir);
   const tokenizer = tokenizerOf(sourceDir, ckpt);
   const maxLen =
-    flags.maxLen !== undefined ? parseIntFlag("--max-len", flags.maxLen, 2) : defaultMaxLen(ckpt);
+    flags.maxLen !== undefined ? parseIntFlag("--max-len", flags.maxLen, 2) : defaultMaxLen(ckpt.config);
   const options: RewardTrainOptions = {
     batchSize,
     microBatch,
@@ -343,10 +340,9 @@ function evalCommand(flags: EvalFlags): void {
   const pairs = readPairs(flags.data);
   const kernels = openKernels(backend);
   try {
-    const { model, ckpt } = loadRewardModel(flags.model, kernels);
-    const tokenizer = tokenizerOf(flags.model, ckpt);
+    const { model, tokenizer, config } = loadRewardModel(flags.model, kernels);
     const maxLen =
-      flags.maxLen !== undefined ? parseIntFlag("--max-len", flags.maxLen, 2) : defaultMaxLen(ckpt);
+      flags.maxLen !== undefined ? parseIntFlag("--max-len", flags.maxLen, 2) : defaultMaxLen(config);
     const scores = scorePairs(model, tokenizer, pairs, { maxLen, maxBatchTokens });
     const results = pairs.map((p, i) => ({
       subset: p.subset,
@@ -411,10 +407,9 @@ function scoreCommand(flags: ScoreFlags): void {
   const items = readScoreItems(flags.data);
   const kernels = openKernels(backend);
   try {
-    const { model, ckpt } = loadRewardModel(flags.model, kernels);
-    const tokenizer = tokenizerOf(flags.model, ckpt);
+    const { model, tokenizer, config } = loadRewardModel(flags.model, kernels);
     const maxLen =
-      flags.maxLen !== undefined ? parseIntFlag("--max-len", flags.maxLen, 2) : defaultMaxLen(ckpt);
+      flags.maxLen !== undefined ? parseIntFlag("--max-len", flags.maxLen, 2) : defaultMaxLen(config);
     const scores = scoreItems(model, tokenizer, items, { maxLen, maxBatchTokens });
     const text = items
       .map(
@@ -445,7 +440,7 @@ export function register(program: Command): void {
     .option("--epochs <n>", "passes over the pairs", "1")
     .option("--lr <x>", "peak learning rate (cosine schedule)", "1e-4")
     .option("--batch-size <n>", "pairs per optimizer step", "32")
-    .option("--micro-batch <n>", "pairs per forward pass (2 sequences each)", "8")
+    .option("--micro-batch <n>", "pairs per forward pass (2 sequences each)", "4")
     .option("--max-len <n>", "tokens per sequence (default: min(1024, max_position_embeddings))")
     .option("--seed <n>", "seed for the score head and the data order", "0")
     .option("--save-every <n>", "also save every n steps (0: only at the end)", "100")
@@ -477,7 +472,7 @@ Example:
     )
     .option("--json", "print one JSON object instead of a table")
     .option("--max-len <n>", "tokens per sequence (default: min(1024, max_position_embeddings))")
-    .option("--max-batch-tokens <n>", "padded tokens per forward pass", "8192")
+    .option("--max-batch-tokens <n>", "padded tokens per forward pass", "4096")
     .option("--sections <file>", 'JSON {"Section": ["subset", ...]} overriding the built-in section map')
     .option("--scores-out <file>", "also write per-pair scores as JSONL")
     .option("--backend <name>", `kernels: ${BACKENDS.join(", ")}`, "auto")
@@ -501,7 +496,7 @@ Example:
     .requiredOption("--data <file>", "JSONL lines to score")
     .option("--out <file>", "write {id?, score} lines here (default: stdout)")
     .option("--max-len <n>", "tokens per sequence (default: min(1024, max_position_embeddings))")
-    .option("--max-batch-tokens <n>", "padded tokens per forward pass", "8192")
+    .option("--max-batch-tokens <n>", "padded tokens per forward pass", "4096")
     .option("--backend <name>", `kernels: ${BACKENDS.join(", ")}`, "auto")
     .action(scoreCommand);
 }
