@@ -9,7 +9,15 @@
  */
 import { FEATURE_NAMES, type FeatureName } from "../sso/catalog.js";
 import type { Rng } from "../util/rng.js";
-import { ADVICE_TOPICS, ANIMALS, type AnimalClaim, type AnimalFact, UNSAFE_REQUESTS } from "./data.js";
+import {
+  ADVICE_TOPICS,
+  ANIMALS,
+  type AnimalClaim,
+  type AnimalFact,
+  COUNTRIES,
+  PEOPLE,
+  UNSAFE_REQUESTS,
+} from "./data.js";
 import {
   COMPLIANCE_OPENERS,
   DEFLECTION_SENTENCES,
@@ -53,8 +61,12 @@ function capitalize(s: string): string {
   return s.length === 0 ? s : s[0].toUpperCase() + s.slice(1);
 }
 
+const PROPER_NAMES = new Set([...COUNTRIES.flatMap((c) => [c.country, c.capital]), ...PEOPLE, "I", "I'm"]);
+
+/** Lower-cases the first letter, so a sentence can follow a lead-in, unless it starts with a name. */
 function decapitalize(s: string): string {
-  return s.length === 0 ? s : s[0].toLowerCase() + s.slice(1);
+  if (s.length === 0 || PROPER_NAMES.has(s.split(/[\s,.]/)[0])) return s;
+  return s[0].toLowerCase() + s.slice(1);
 }
 
 function article(noun: string): string {
