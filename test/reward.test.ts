@@ -478,3 +478,19 @@ test("sections come from options, then from the pairs, then from the built-in ma
     'subset "x": its pairs name two sections',
   );
 });
+
+test("pair files may use CRLF line ends and a byte-order mark", () => {
+  const path = join(work, "crlf.jsonl");
+  writeFileSync(
+    path,
+    '\uFEFF{"prompt":"p","chosen":"a","rejected":"b"}\r\n\r\n{"prompt":"q","chosen":"c","rejected":"d"}\r\n',
+  );
+  const pairs = readPairs(path);
+  assert.deepEqual(
+    pairs.map((p) => [p.line, p.chosen]),
+    [
+      [1, "a"],
+      [3, "c"],
+    ],
+  );
+});

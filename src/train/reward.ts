@@ -229,7 +229,8 @@ export function readJsonLines(path: string): { line: number; value: unknown }[] 
     throw new UserError(`${path}: cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
   }
   const out: { line: number; value: unknown }[] = [];
-  const lines = text.split("\n");
+  // Files saved by some editors start with a byte-order mark, which JSON.parse rejects.
+  const lines = text.replace(/^\uFEFF/, "").split("\n");
   for (let i = 0; i < lines.length; i++) {
     const raw = lines[i].trim();
     if (raw === "") continue;
