@@ -247,11 +247,11 @@ function creativeBody(q: CreativeQuery, b: Behaviour, rng: Rng): string[] {
     rng.pick([
       `${capitalize(s)} ${verb1} like ${simile}, ${adj1} and ${adj2}.`,
       `${capitalize(adj1)} and ${adj2}, ${s} ${verb1} like ${simile}.`,
-      `Under a ${adj1} sky, ${s} ${verb1} like ${simile}, ${adj2} and slow.`,
+      `Under ${article(adj1)} ${adj1} sky, ${s} ${verb1} like ${simile}, ${adj2} and slow.`,
       `${capitalize(s)} is as ${adj1} as ${simile}, and it ${verb1} in the ${adj2} dark.`,
     ]),
   ];
-  if (rng.chance(0.4)) out.push(`It ${verb2} with a ${adj3} heart.`);
+  if (rng.chance(0.4)) out.push(`It ${verb2} with ${article(adj3)} ${adj3} heart.`);
   return out;
 }
 
