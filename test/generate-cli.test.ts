@@ -37,10 +37,13 @@ interface CliRun {
   stderr: string;
 }
 
-/** Runs the CLI; `whileRunning` may kill it (it gets the child's kill function). */
+/**
+ * Runs the CLI; `whileRunning` may kill it (it gets the child's kill function) and may return a
+ * cleanup, called when the child exits, so a watcher never outlives it and holds the test open.
+ */
 function runCli(
   args: string[],
-  whileRunning?: (kill: () => void) => void,
+  whileRunning?: (kill: () => void) => (() => void) | undefined,
   timeoutMs = 60_000,
 ): Promise<CliRun> {
   return new Promise((resolve, reject) => {
@@ -55,11 +58,12 @@ function runCli(
     });
     const guard = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
     child.on("error", reject);
+    const cleanup = whileRunning?.(() => child.kill("SIGKILL"));
     child.on("close", (code, signal) => {
       clearTimeout(guard);
+      cleanup?.();
       resolve({ code, signal, stdout, stderr });
     });
-    whileRunning?.(() => child.kill("SIGKILL"));
   });
 }
 
@@ -241,6 +245,7 @@ test("a killed run resumes with nothing duplicated and nothing lost", async () =
         kill();
       }
     }, 10);
+    return () => clearInterval(poll);
   });
   assert.equal(first.signal, "SIGKILL", `the first run was meant to be killed mid-way\n${first.stderr}`);
   const partial = readRecords(out);

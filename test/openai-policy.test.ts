@@ -271,12 +271,12 @@ test("requests are spread round-robin over healthy endpoints", async () => {
 test("an unhealthy endpoint is probed again after its cool-down", async () => {
   const a = await server({ failurePlan: (r) => (r.index < 2 ? { kind: "status", status: 500 } : undefined) });
   const b = await server();
-  const p = policy([a.url, b.url], { concurrency: 1, unhealthyAfterFailures: 2, cooldownMs: 150 });
+  const p = policy([a.url, b.url], { concurrency: 1, unhealthyAfterFailures: 2, cooldownMs: 500 });
   // Sequential requests: a fails twice (its 2 failures are retried on b) and is then cooled down.
   for (let i = 0; i < 4; i++) await p.generate([request(`before ${i}`)]);
   assert.equal(a.requests.length, 2);
   assert.equal(p.stats().endpoints[0].healthy, false);
-  await new Promise((resolve) => setTimeout(resolve, 200));
+  await new Promise((resolve) => setTimeout(resolve, 550));
   for (let i = 0; i < 4; i++) await p.generate([request(`after ${i}`)]);
   assert.equal(a.requests.length, 4, "a is back in the rotation after the cool-down");
   assert.equal(p.stats().endpoints[0].healthy, true);
