@@ -26,7 +26,7 @@ import { loadModelDir } from "../engine/load.js";
 import type { LlamaModel } from "../engine/model.js";
 import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
-import { type SftExample, type SftStepInfo, trainSft } from "../train/sft.js";
+import { encodeSftExample, type SftExample, type SftStepInfo, trainSft } from "../train/sft.js";
 import { UserError } from "../util/errors.js";
 import { readJsonFile, writeJsonAtomic } from "../util/fsio.js";
 import { ResumableJsonlWriter } from "../util/jsonl.js";
@@ -216,6 +216,12 @@ function run(data: SftWorkerData): void {
       post({ type: "done", step: startStep, complete: true, alreadyComplete: true });
       return;
     }
+    // Plan activations once for the largest micro-batch: kernel memory is never returned, so growing
+    // the arena batch by batch would leave every smaller one behind.
+    let longest = 1;
+    for (const example of data.examples)
+      longest = Math.max(longest, encodeSftExample(tokenizer, example, settings.maxLen).ids.length);
+    model.reserve(Math.min(data.microBatch, settings.batchSize, data.examples.length), longest);
     const log = new ResumableJsonlWriter<SftStepInfo>(join(data.out, LOG_FILE), (info) => String(info.step));
     let lastSaved = startStep;
     const checkpoint = (step: number): void => {

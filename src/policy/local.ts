@@ -137,13 +137,14 @@ export class LocalPolicy implements Policy {
           seed: (base + k) >>> 0,
         });
     });
-    // Batches of similar total length waste little KV cache; the order does not change any sample.
+    // Batches of similar total length waste little KV cache, and the longest first means later batches
+    // fit the cache memory of the first (kernel memory is never returned). No sample depends on order.
     const order = samples
       .map((_, j) => j)
       .sort((a, b) => {
         const sa = samples[a];
         const sb = samples[b];
-        return sa.prompt.length + sa.maxNew - (sb.prompt.length + sb.maxNew) || a - b;
+        return sb.prompt.length + sb.maxNew - (sa.prompt.length + sa.maxNew) || a - b;
       });
     const sorted = order.map((j) => samples[j]);
     const sampled = generateTokens(
