@@ -1,13 +1,177 @@
+import { existsSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import type { Command } from "commander";
-import { UserError } from "../util/errors.js";
+import { createKernels } from "../engine/kernels/index.js";
+import { trainWorldBase, WORLD_BASE_DEFAULTS, type WorldBaseOptions } from "../run/base.js";
+import { writeFileAtomic } from "../util/fsio.js";
+import { Rng } from "../util/rng.js";
+import { buildSftCorpus, offPolicyPairs } from "../world/corpus.js";
+import { buildRewardBench, REWARDBENCH_SECTIONS } from "../world/rewardbench.js";
+import { evalQueries, trainQueries } from "../world/tasks.js";
+import { parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
 
-/** Registers `selfsteer world` (not implemented yet). */
+function jsonl(rows: unknown[]): string {
+  return rows.map((r) => JSON.stringify(r)).join("\n") + (rows.length > 0 ? "\n" : "");
+}
+
+/** Registers `selfsteer world ...`: the principle world's base policy and data sets. */
 export function register(program: Command): void {
-  program
+  const world = program
     .command("world")
-    .description("(not implemented yet)")
-    .allowUnknownOption()
-    .action(() => {
-      throw new UserError("'world' is not implemented yet");
+    .description("the embedded principle world: base policy and data sets");
+
+  world
+    .command("sft")
+    .description("train the world's base policy (tokenizer + small Llama) on its SFT corpus; resumable")
+    .requiredOption("--out <dir>", "checkpoint directory to write")
+    .option("--seed <n>", "seed of corpus, tokenizer and init", String(WORLD_BASE_DEFAULTS.seed))
+    .option("--corpus-size <n>", "SFT examples", String(WORLD_BASE_DEFAULTS.corpusSize))
+    .option("--vocab <n>", "BPE vocabulary size", String(WORLD_BASE_DEFAULTS.vocab))
+    .option("--hidden <n>", "hidden size", String(WORLD_BASE_DEFAULTS.hidden))
+    .option("--intermediate <n>", "MLP size", String(WORLD_BASE_DEFAULTS.intermediate))
+    .option("--layers <n>", "layers", String(WORLD_BASE_DEFAULTS.layers))
+    .option("--heads <n>", "attention heads", String(WORLD_BASE_DEFAULTS.heads))
+    .option("--kv-heads <n>", "key/value heads", String(WORLD_BASE_DEFAULTS.kvHeads))
+    .option("--max-len <n>", "longest training sequence in tokens", String(WORLD_BASE_DEFAULTS.maxLen))
+    .option("--epochs <n>", "epochs", String(WORLD_BASE_DEFAULTS.epochs))
+    .option("--lr <x>", "peak learning rate", String(WORLD_BASE_DEFAULTS.peakLr))
+    .option("--batch-size <n>", "sequences per step", String(WORLD_BASE_DEFAULTS.batchSize))
+    .option("--micro-batch <n>", "sequences per forward pass", String(WORLD_BASE_DEFAULTS.microBatch))
+    .option("--save-every <n>", "save a resumable state every n steps", String(WORLD_BASE_DEFAULTS.saveEvery))
+    .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
+    .option("--force", "retrain even if --out already holds a finished base")
+    .action((o: Record<string, string | boolean | undefined>) => {
+      const str = (k: string) => String(o[k]);
+      const options: WorldBaseOptions = {
+        out: str("out"),
+        seed: parseIntFlag("--seed", str("seed"), 0),
+        corpusSize: parseIntFlag("--corpus-size", str("corpusSize"), 1),
+        vocab: parseIntFlag("--vocab", str("vocab"), 260),
+        hidden: parseIntFlag("--hidden", str("hidden"), 2),
+        intermediate: parseIntFlag("--intermediate", str("intermediate"), 1),
+        layers: parseIntFlag("--layers", str("layers"), 1),
+        heads: parseIntFlag("--heads", str("heads"), 1),
+        kvHeads: parseIntFlag("--kv-heads", str("kvHeads"), 1),
+        maxLen: parseIntFlag("--max-len", str("maxLen"), 8),
+        epochs: parseIntFlag("--epochs", str("epochs"), 1),
+        peakLr: parseNumberFlag("--lr", str("lr"), 0),
+        batchSize: parseIntFlag("--batch-size", str("batchSize"), 1),
+        microBatch: parseIntFlag("--micro-batch", str("microBatch"), 1),
+        warmupRatio: WORLD_BASE_DEFAULTS.warmupRatio,
+        weightDecay: WORLD_BASE_DEFAULTS.weightDecay,
+        maxGradNorm: WORLD_BASE_DEFAULTS.maxGradNorm,
+        saveEvery: parseIntFlag("--save-every", str("saveEvery"), 1),
+      };
+      const marker = join(options.out, "world_base.json");
+      if (existsSync(marker) && o.force !== true) {
+        process.stderr.write(
+          `world sft: ${options.out} already holds a trained base (use --force to retrain)\n`,
+        );
+        return;
+      }
+      if (o.force === true) rmSync(marker, { force: true });
+      const backend = str("backend") as "auto" | "wasm" | "plain";
+      const kernels = createKernels({ backend });
+      if (kernels.warning) process.stderr.write(`world sft: ${kernels.warning}\n`);
+      const bar = progressBar();
+      let started = false;
+      let tokens = 0;
+      const t0 = Date.now();
+      try {
+        const result = trainWorldBase(options, kernels, (info) => {
+          if (!started) {
+            bar.start(info.totalSteps, "world sft");
+            started = true;
+          }
+          tokens += info.tokens;
+          bar.update(info.step + 1, {
+            loss: info.loss.toFixed(3),
+            "tok/s": Math.round(tokens / Math.max(1e-3, (Date.now() - t0) / 1000)),
+          });
+        });
+        bar.stop();
+        rmSync(join(options.out, "partial"), { recursive: true, force: true });
+        printJson({ out: options.out, ...result, seconds: (Date.now() - t0) / 1000, backend: kernels.name });
+      } finally {
+        bar.stop();
+        kernels.dispose();
+      }
+    });
+
+  world
+    .command("corpus")
+    .description("write the SFT corpus as chat JSONL ({messages}) for `selfsteer sft`")
+    .requiredOption("--out <file>", "JSONL file")
+    .option("--seed <n>", "seed", "1")
+    .option("--size <n>", "examples", String(WORLD_BASE_DEFAULTS.corpusSize))
+    .action((o: { out: string; seed: string; size: string }) => {
+      const corpus = buildSftCorpus({
+        seed: parseIntFlag("--seed", o.seed, 0),
+        size: parseIntFlag("--size", o.size, 1),
+      });
+      writeFileAtomic(o.out, jsonl(corpus.map((e) => ({ messages: e.messages }))));
+      printJson({ out: o.out, examples: corpus.length });
+    });
+
+  world
+    .command("rewardbench")
+    .description("write the held-out RewardBench-style suite (prompt, chosen, rejected, subset, id)")
+    .requiredOption("--out <file>", "JSONL file")
+    .option("--seed <n>", "seed", "0")
+    .option("--per-subset <n>", "rows per subset", "50")
+    .option("--sections <file>", "also write the subset-to-section map here (for `rm eval --sections`)")
+    .action((o: { out: string; seed: string; perSubset: string; sections?: string }) => {
+      const rows = buildRewardBench({
+        seed: parseIntFlag("--seed", o.seed, 0),
+        perSubset: parseIntFlag("--per-subset", o.perSubset, 1),
+      });
+      writeFileAtomic(o.out, jsonl(rows));
+      if (o.sections) writeFileAtomic(o.sections, `${JSON.stringify(REWARDBENCH_SECTIONS, null, 2)}\n`);
+      printJson({ out: o.out, rows: rows.length, sections: o.sections ?? null });
+    });
+
+  world
+    .command("pairs")
+    .description("write gold-labelled off-policy pairs (the analog of UltraFeedback) on training queries")
+    .requiredOption("--out <file>", "JSONL file (prompt, chosen, rejected, subset, id)")
+    .option("--seed <n>", "seed", "0")
+    .option("--count <n>", "queries", "512")
+    .action((o: { out: string; seed: string; count: string }) => {
+      const seed = parseIntFlag("--seed", o.seed, 0);
+      const rng = new Rng(seed).fork("offpolicy-pairs");
+      const pairs = offPolicyPairs(
+        rng,
+        trainQueries(rng.fork("queries"), parseIntFlag("--count", o.count, 1)),
+      );
+      writeFileAtomic(
+        o.out,
+        jsonl(
+          pairs.map((p) => ({
+            prompt: p.prompt,
+            chosen: p.chosen,
+            rejected: p.rejected,
+            subset: "offpolicy",
+            id: p.id,
+          })),
+        ),
+      );
+      printJson({ out: o.out, pairs: pairs.length });
+    });
+
+  world
+    .command("queries")
+    .description("write world queries as a prompts file ({id, prompt}) for `selfsteer generate`")
+    .requiredOption("--out <file>", "JSONL file")
+    .option("--split <name>", "train or eval", "train")
+    .option("--seed <n>", "seed (train split)", "0")
+    .option("--count <n>", "queries", "256")
+    .action((o: { out: string; split: string; seed: string; count: string }) => {
+      const n = parseIntFlag("--count", o.count, 1);
+      const queries =
+        o.split === "eval"
+          ? evalQueries(n)
+          : trainQueries(new Rng(parseIntFlag("--seed", o.seed, 0)).fork("queries"), n);
+      writeFileAtomic(o.out, jsonl(queries.map((q) => ({ id: q.id, prompt: q.prompt }))));
+      printJson({ out: o.out, queries: queries.length });
     });
 }

@@ -62,9 +62,47 @@ export interface SequenceOptions {
   microBatch: number;
 }
 
+/** A prompt and a response to score. */
+export interface ResponseItem {
+  prompt: Message[];
+  response: string;
+}
+
+/** Summed log-prob and token count of one scored response. */
+export interface ResponseScore {
+  logprob: number;
+  tokens: number;
+}
+
+/** Forward-only scoring of (prompt, response) items under the model as it is now. */
+export function scoreResponses(
+  model: LlamaModel,
+  tokenizer: BpeTokenizer,
+  items: readonly ResponseItem[],
+  options: SequenceOptions,
+): ResponseScore[] {
+  const seqs = items.map((it) => encodeResponse(tokenizer, it.prompt, it.response, options.maxLen));
+  // Length-sorted chunks waste little on padding.
+  const order = seqs.map((_, i) => i).sort((a, b) => seqs[a].ids.length - seqs[b].ids.length);
+  const out: ResponseScore[] = items.map(() => ({ logprob: 0, tokens: 0 }));
+  for (let start = 0; start < order.length; start += options.microBatch) {
+    const chunk = order.slice(start, start + options.microBatch);
+    const res = model.forward(
+      packBatch(
+        chunk.map((i) => seqs[i]),
+        tokenizer.padId,
+      ),
+    );
+    chunk.forEach((i, b) => {
+      out[i] = { logprob: res.seqLogprobs[b], tokens: res.tokenCounts[b] };
+    });
+  }
+  return out;
+}
+
 /**
- * Forward-only scoring of records under the model as it is now: used for the frozen reference at the
- * start of an iteration (SSO.md: the reference log-probs are computed once per iteration).
+ * Forward-only scoring of records' sequences: used for the frozen reference at the start of an
+ * iteration (SSO.md: the reference log-probs are computed once per iteration).
  */
 export function scoreRecords(
   model: LlamaModel,
@@ -73,26 +111,18 @@ export function scoreRecords(
   keys: readonly SeqKey[],
   options: SequenceOptions,
 ): RecordScores[] {
-  const items = records.flatMap((r, i) =>
-    keys.map((key) => ({ record: i, key, seq: encodeSeq(tokenizer, r, key, options) })),
+  const slots = records.flatMap((r, i) => keys.map((key) => ({ record: i, key, item: sequenceFor(r, key) })));
+  const scores = scoreResponses(
+    model,
+    tokenizer,
+    slots.map((s) => s.item),
+    options,
   );
-  // Length-sorted chunks waste little on padding.
-  const order = items.map((_, i) => i).sort((a, b) => items[a].seq.ids.length - items[b].seq.ids.length);
   const out: RecordScores[] = records.map(() => ({ values: {}, tokens: {} }));
-  for (let start = 0; start < order.length; start += options.microBatch) {
-    const chunk = order.slice(start, start + options.microBatch);
-    const res = model.forward(
-      packBatch(
-        chunk.map((i) => items[i].seq),
-        tokenizer.padId,
-      ),
-    );
-    chunk.forEach((itemIndex, b) => {
-      const { record, key } = items[itemIndex];
-      out[record].values[key] = res.seqLogprobs[b];
-      out[record].tokens[key] = res.tokenCounts[b];
-    });
-  }
+  slots.forEach(({ record, key }, i) => {
+    out[record].values[key] = scores[i].logprob;
+    out[record].tokens[key] = scores[i].tokens;
+  });
   return out;
 }
 

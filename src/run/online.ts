@@ -1,0 +1,478 @@
+/**
+ * Online (iterative) SSO in the principle world, and the baselines it is compared with.
+ *
+ * For iteration k = 1..K, per method: draw fresh training queries; build records with the current
+ * policy (feature identification, catalog principles, y+ / y- / y0, reference filters) — or, for
+ * `offpolicy`, gold-labelled pairs written by the world's generator; freeze the reference (score the
+ * records once with the current weights); train one epoch with the method's objective; evaluate on the
+ * held-out queries; checkpoint. Every stage writes its result atomically under the run directory, so
+ * an interrupted run resumes at the stage (and training step) where it stopped.
+ */
+import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { tokenizerConfigJson } from "../engine/chat.js";
+import {
+  CHECKPOINT_FILES,
+  loadCheckpoint,
+  loadTrainerState,
+  saveCheckpoint,
+  saveTrainerState,
+} from "../engine/checkpoint.js";
+import type { Kernels } from "../engine/kernels/types.js";
+import { LlamaModel } from "../engine/model.js";
+import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
+import { BpeTokenizer } from "../engine/tokenizer.js";
+import { type EvalResult, evaluateAnswers } from "../eval/evaluate.js";
+import { mean } from "../eval/metrics.js";
+import { LocalPolicy } from "../policy/local.js";
+import { buildRecords } from "../sso/builder.js";
+import { type ObjectiveConfig, objectiveConfigSchema } from "../sso/objective.js";
+import { openDropLog, openRecordWriter, readRecords } from "../sso/records.js";
+import {
+  type PreferenceRecord,
+  type RecordScores,
+  requiredKeys,
+  scoreRecords,
+  scoreResponses,
+  trainPreference,
+} from "../train/preference.js";
+import { UserError } from "../util/errors.js";
+import { writeJsonAtomic } from "../util/fsio.js";
+import { Rng } from "../util/rng.js";
+import { offPolicyPairs } from "../world/corpus.js";
+import { worldJudge } from "../world/judge.js";
+import { evalQueries, trainQueries, type WorldQuery } from "../world/tasks.js";
+
+/** The methods of the paper's comparisons, in our world. */
+export const METHODS = ["sso", "pbaa", "no-weight", "no-steer", "offpolicy"] as const;
+/** One method. */
+export type Method = (typeof METHODS)[number];
+
+/** Base losses the online loop offers (SSO.md: IPO in the paper's main tables). */
+export const ONLINE_LOSSES = ["ipo", "dpo", "simpo"] as const;
+/** One of ONLINE_LOSSES. */
+export type OnlineLoss = (typeof ONLINE_LOSSES)[number];
+
+/** Settings of an online run (per method; the run directory holds one sub-directory per method). */
+export interface OnlineConfig {
+  /** Directory of the base checkpoint (iteration 0). */
+  baseModel: string;
+  /** Run directory: <runDir>/<method>/iter-<k>/ and the shared base evaluation. */
+  runDir: string;
+  method: Method;
+  loss: OnlineLoss;
+  beta: number;
+  iterations: number;
+  seed: number;
+  /** Fresh training queries per iteration. */
+  queriesPerIteration: number;
+  /** Held-out evaluation queries. */
+  evalQueries: number;
+  /** Sampling of y+, y-, y0 (SSO.md: temperature 0.7, top-p 0.8). */
+  temperature: number;
+  topP: number;
+  maxTokens: number;
+  /** Evaluation answers are greedy, up to this many tokens. */
+  evalMaxTokens: number;
+  /** Records per optimizer step, epochs per iteration, peak learning rate and the rest of the schedule. */
+  batchSize: number;
+  epochs: number;
+  peakLr: number;
+  warmupRatio: number;
+  weightDecay: number;
+  maxGradNorm: number;
+  maxLen: number;
+  microBatch: number;
+  /** Save trainer state every this many steps (step-level resume). */
+  saveEvery: number;
+  /** Samples decoded together by the local policy. */
+  genBatch: number;
+}
+
+/** One row of the report: the policy after `iteration` iterations (0 = the base). */
+export interface IterationMetrics extends EvalResult {
+  iteration: number;
+  /** Share of this iteration's records where the gold judge prefers y+ to y- (null at iteration 0). */
+  signalAccuracy: number | null;
+  /** Mean per-token log-prob of y+ and y- under the plain prompt minus that of y0 (null at iteration 0). */
+  onPolicyGap: number | null;
+  onPolicyGapChosen: number | null;
+  onPolicyGapRejected: number | null;
+  /** Records trained on, and drops by reason. */
+  records: number | null;
+  drops: Record<string, number> | null;
+  /** Mean training metrics of the objective over the iteration's steps (rewards/*, loss/*, sso/weight). */
+  train: Record<string, number> | null;
+}
+
+/** Progress events for the CLI. */
+export type OnlineEvent =
+  | { type: "stage"; method: Method; iteration: number; stage: string }
+  | { type: "progress"; method: Method; iteration: number; stage: string; done: number; total: number }
+  | { type: "iteration"; method: Method; metrics: IterationMetrics };
+
+/** The objective of each method (SSO.md, "Ablations"). */
+export function objectiveFor(method: Method, loss: OnlineLoss, beta: number): ObjectiveConfig {
+  switch (method) {
+    case "sso":
+      return objectiveConfigSchema.parse({ loss, beta, sso: { weight: "sigmoid", steer: true } });
+    case "no-weight":
+      return objectiveConfigSchema.parse({ loss, beta, sso: { weight: "none", steer: true } });
+    case "no-steer":
+      return objectiveConfigSchema.parse({ loss, beta, sso: { weight: "sigmoid", steer: false } });
+    case "pbaa":
+    case "offpolicy":
+      return objectiveConfigSchema.parse({ loss, beta });
+  }
+}
+
+/** Shared state of a process running online iterations: one model whose weights are swapped in. */
+export class OnlineSession {
+  readonly model: LlamaModel;
+  readonly tokenizer: BpeTokenizer;
+  private readonly baseTensors: ReturnType<typeof loadCheckpoint>["tensors"];
+
+  /** Opens the base checkpoint once; every method and iteration reuses the same model buffers. */
+  constructor(
+    readonly baseModel: string,
+    kernels: Kernels,
+  ) {
+    const ckpt = loadCheckpoint(baseModel, { scoreHead: false });
+    if (ckpt.tokenizerJson === undefined)
+      throw new UserError(`${baseModel}: no ${CHECKPOINT_FILES.tokenizer}`);
+    this.tokenizer = BpeTokenizer.fromJSON(ckpt.tokenizerJson, join(baseModel, CHECKPOINT_FILES.tokenizer));
+    this.model = new LlamaModel(ckpt.config, kernels);
+    this.baseTensors = ckpt.tensors;
+    this.model.loadTensors(this.baseTensors.values());
+  }
+
+  /** Puts the base weights back. */
+  loadBase(): void {
+    this.model.loadTensors(this.baseTensors.values());
+  }
+
+  /** Loads the weights of a checkpoint written by this loop. */
+  loadWeights(dir: string): void {
+    this.model.loadTensors(loadCheckpoint(dir, { scoreHead: false }).tensors.values());
+  }
+
+  /** Saves the current weights with the tokenizer in the HF layout. */
+  saveWeights(dir: string): void {
+    saveCheckpoint(dir, {
+      config: this.model.config,
+      tensors: this.model.namedTensors(),
+      tokenizerJson: this.tokenizer.toJSON(),
+      tokenizerConfigJson: tokenizerConfigJson(this.tokenizer),
+    });
+  }
+}
+
+/** Greedy answers of the current weights to the evaluation queries, without any system prompt. */
+async function answerQueries(
+  session: OnlineSession,
+  queries: readonly WorldQuery[],
+  config: OnlineConfig,
+): Promise<string[]> {
+  const policy = new LocalPolicy(session.model, session.tokenizer, {
+    maxBatch: config.genBatch,
+    seed: config.seed,
+  });
+  const out = await policy.generate(
+    queries.map((q, i) => ({
+      messages: [{ role: "user" as const, content: q.prompt }],
+      temperature: 0,
+      topP: 1,
+      maxTokens: config.evalMaxTokens,
+      seed: config.seed * 7919 + i,
+    })),
+  );
+  return out.map((g) => g[0].text);
+}
+
+/** Base answers and metrics, shared by every method of a run (computed once, then read back). */
+async function baseEvaluation(
+  session: OnlineSession,
+  config: OnlineConfig,
+  queries: readonly WorldQuery[],
+): Promise<{ answers: string[]; metrics: IterationMetrics }> {
+  const path = join(config.runDir, "base-eval.json");
+  if (existsSync(path))
+    return JSON.parse(readFileSync(path, "utf8")) as { answers: string[]; metrics: IterationMetrics };
+  session.loadBase();
+  const answers = await answerQueries(session, queries, config);
+  const metrics: IterationMetrics = {
+    iteration: 0,
+    ...evaluateAnswers(worldJudge, [...queries], answers, answers),
+    signalAccuracy: null,
+    onPolicyGap: null,
+    onPolicyGapChosen: null,
+    onPolicyGapRejected: null,
+    records: null,
+    drops: null,
+    train: null,
+  };
+  writeJsonAtomic(path, { answers, metrics });
+  return { answers, metrics };
+}
+
+/**
+ * Runs (or resumes) one method's iterations and returns its metrics per iteration, iteration 0 being
+ * the base. The caller owns the session (one per process), so several methods share its buffers.
+ */
+export async function runOnline(
+  session: OnlineSession,
+  config: OnlineConfig,
+  onEvent: (event: OnlineEvent) => void = () => {},
+): Promise<IterationMetrics[]> {
+  const objective = objectiveFor(config.method, config.loss, config.beta);
+  const held = evalQueries(config.evalQueries);
+  const base = await baseEvaluation(session, config, held);
+  const rows: IterationMetrics[] = [base.metrics];
+  onEvent({ type: "iteration", method: config.method, metrics: base.metrics });
+  const methodDir = join(config.runDir, config.method);
+  let weightsAt = -1; // which iteration's weights the model holds (-1: unknown)
+  for (let k = 1; k <= config.iterations; k++) {
+    const dir = join(methodDir, `iter-${k}`);
+    const metricsPath = join(dir, "metrics.json");
+    if (existsSync(metricsPath)) {
+      const done = JSON.parse(readFileSync(metricsPath, "utf8")) as IterationMetrics;
+      rows.push(done);
+      onEvent({ type: "iteration", method: config.method, metrics: done });
+      continue;
+    }
+    // Start from the previous iteration's weights.
+    if (weightsAt !== k - 1) {
+      if (k === 1) session.loadBase();
+      else session.loadWeights(join(methodDir, `iter-${k - 1}`, "model"));
+      weightsAt = k - 1;
+    }
+    mkdirSync(dir, { recursive: true });
+    const queries = trainQueries(new Rng(config.seed).fork(`iteration-${k}`), config.queriesPerIteration);
+    const byId = new Map(queries.map((q) => [q.id, q]));
+
+    // 1. Data from the current policy (or the world's generator for offpolicy).
+    onEvent({ type: "stage", method: config.method, iteration: k, stage: "build" });
+    const { records, drops } = await iterationRecords(session, config, k, dir, queries, onEvent);
+
+    // 2. The frozen reference and the signal diagnostics, computed with the weights of iteration k-1.
+    const seqOptions = { maxLen: config.maxLen, microBatch: config.microBatch };
+    const keys = requiredKeys(objective);
+    const refPath = join(dir, "reference.json");
+    let reference: RecordScores[];
+    let gap: { chosen: number; rejected: number; all: number };
+    if (existsSync(refPath)) {
+      const saved = JSON.parse(readFileSync(refPath, "utf8")) as {
+        reference: RecordScores[];
+        gap: typeof gap;
+      };
+      reference = saved.reference;
+      gap = saved.gap;
+    } else {
+      onEvent({ type: "stage", method: config.method, iteration: k, stage: "reference" });
+      reference = scoreRecords(session.model, session.tokenizer, records, keys, seqOptions);
+      gap = onPolicyGap(session, records, reference, seqOptions);
+      writeJsonAtomic(refPath, { reference, gap });
+    }
+    const signal = mean(
+      records.map((r) => {
+        const q = byId.get(recordQueryId(r));
+        return q ? worldJudge.prefers(q, r.chosen, r.rejected) : 0.5;
+      }),
+    );
+
+    // 3. One epoch of training, resumable at step boundaries.
+    onEvent({ type: "stage", method: config.method, iteration: k, stage: "train" });
+    const partialDir = join(dir, "partial");
+    const optimizer = new AdamW(session.model.params.length, {
+      weightDecay: config.weightDecay,
+      decayMask: decayMaskFromSpecs(session.model.specs),
+    });
+    let startStep = 0;
+    const state = existsSync(partialDir) ? loadTrainerState(partialDir) : null;
+    let trainLog: Array<Record<string, number>> = [];
+    if (state !== null) {
+      session.loadWeights(partialDir);
+      optimizer.importState(state.optimizer);
+      startStep = state.step;
+      trainLog = (state.extra?.log as Array<Record<string, number>> | undefined) ?? [];
+    }
+    trainPreference(
+      session.model,
+      session.tokenizer,
+      optimizer,
+      records,
+      reference,
+      {
+        ...seqOptions,
+        objective,
+        batchSize: config.batchSize,
+        epochs: config.epochs,
+        peakLr: config.peakLr,
+        warmupRatio: config.warmupRatio,
+        maxGradNorm: config.maxGradNorm,
+        seed: config.seed + k,
+        startStep,
+      },
+      (info) => {
+        trainLog.push({ loss: info.loss, gradNorm: info.gradNorm, ...info.metrics });
+        onEvent({
+          type: "progress",
+          method: config.method,
+          iteration: k,
+          stage: "train",
+          done: info.step + 1,
+          total: info.totalSteps,
+        });
+        if ((info.step + 1) % config.saveEvery === 0 && info.step + 1 < info.totalSteps) {
+          session.saveWeights(partialDir);
+          saveTrainerState(partialDir, {
+            step: info.step + 1,
+            optimizer: optimizer.exportState(),
+            extra: { log: trainLog },
+          });
+        }
+      },
+    );
+    session.saveWeights(join(dir, "model"));
+    weightsAt = k;
+
+    // 4. Evaluation on the held-out queries.
+    onEvent({ type: "stage", method: config.method, iteration: k, stage: "eval" });
+    const answers = await answerQueries(session, held, config);
+    writeJsonAtomic(join(dir, "answers.json"), answers);
+    const metrics: IterationMetrics = {
+      iteration: k,
+      ...evaluateAnswers(worldJudge, held, answers, base.answers),
+      signalAccuracy: signal,
+      onPolicyGap: gap?.all ?? null,
+      onPolicyGapChosen: gap?.chosen ?? null,
+      onPolicyGapRejected: gap?.rejected ?? null,
+      records: records.length,
+      drops,
+      train: meanMetrics(trainLog),
+    };
+    writeJsonAtomic(metricsPath, metrics);
+    rmSync(partialDir, { recursive: true, force: true });
+    rows.push(metrics);
+    onEvent({ type: "iteration", method: config.method, metrics });
+  }
+  return rows;
+}
+
+/** The query id a record was built for (records carry the world query id as their id). */
+function recordQueryId(record: PreferenceRecord & { id?: string }): string {
+  return record.id ?? "";
+}
+
+/** Records of iteration k: built by the policy (resumable JSONL), or the world's off-policy pairs. */
+async function iterationRecords(
+  session: OnlineSession,
+  config: OnlineConfig,
+  k: number,
+  dir: string,
+  queries: readonly WorldQuery[],
+  onEvent: (event: OnlineEvent) => void,
+): Promise<{ records: Array<PreferenceRecord & { id: string }>; drops: Record<string, number> }> {
+  const recordsPath = join(dir, "records.jsonl");
+  const donePath = join(dir, "records.done.json");
+  if (config.method === "offpolicy") {
+    // Gold-labelled pairs written by the world's generator; y0 is still the policy's own plain answer,
+    // so the on-policy gap of these pairs can be compared with SSO's.
+    const pairs = offPolicyPairs(new Rng(config.seed).fork(`offpolicy-${k}`), queries);
+    const policy = new LocalPolicy(session.model, session.tokenizer, {
+      maxBatch: config.genBatch,
+      seed: config.seed + k,
+    });
+    const raw = await policy.generate(
+      pairs.map((p, i) => ({
+        messages: [{ role: "user" as const, content: p.prompt }],
+        temperature: config.temperature,
+        topP: config.topP,
+        maxTokens: config.maxTokens,
+        seed: config.seed * 1000 + k * 100003 + i,
+      })),
+    );
+    return {
+      records: pairs.map((p, i) => ({
+        id: p.queryId,
+        instruction: p.prompt,
+        p_system: "",
+        n_system: "",
+        chosen: p.chosen,
+        rejected: p.rejected,
+        raw: raw[i][0].text,
+      })),
+      drops: {},
+    };
+  }
+  if (!existsSync(donePath)) {
+    const writer = openRecordWriter(recordsPath);
+    const dropLog = openDropLog(join(dir, "drops.jsonl"));
+    const policy = new LocalPolicy(session.model, session.tokenizer, {
+      maxBatch: config.genBatch,
+      seed: config.seed + k,
+    });
+    try {
+      const { summary } = await buildRecords(
+        policy,
+        queries.map((q) => ({ id: q.id, prompt: q.prompt })),
+        {
+          seed: config.seed * 1000 + k,
+          temperature: config.temperature,
+          topP: config.topP,
+          maxTokens: config.maxTokens,
+          featureMaxTokens: 16,
+          batchSize: config.genBatch,
+          writer,
+          dropLog,
+        },
+        {
+          onProgress: (done, total) =>
+            onEvent({ type: "progress", method: config.method, iteration: k, stage: "build", done, total }),
+        },
+      );
+      writeJsonAtomic(donePath, summary);
+    } finally {
+      writer.close();
+      dropLog.close();
+    }
+  }
+  const summary = JSON.parse(readFileSync(donePath, "utf8")) as { drops?: Record<string, number> };
+  const records = existsSync(recordsPath) ? readRecords(recordsPath).rows.map((r) => r.value) : [];
+  if (records.length === 0)
+    throw new UserError(`${recordsPath}: iteration ${k} kept no records (see ${join(dir, "drops.jsonl")})`);
+  return { records, drops: summary.drops ?? {} };
+}
+
+/**
+ * On-policy-ness of the pairs (the paper's Figure 4): per-token log-prob of y+ and y- under the plain
+ * prompt, minus that of the policy's own plain answer y0, all under the weights that generated them.
+ */
+function onPolicyGap(
+  session: OnlineSession,
+  records: readonly PreferenceRecord[],
+  reference: readonly RecordScores[],
+  options: { maxLen: number; microBatch: number },
+): { chosen: number; rejected: number; all: number } {
+  const raw = scoreResponses(
+    session.model,
+    session.tokenizer,
+    records.map((r) => ({ prompt: [{ role: "user" as const, content: r.instruction }], response: r.raw })),
+    options,
+  );
+  const avg = (lp: number | undefined, n: number | undefined) => (lp ?? 0) / Math.max(1, n ?? 1);
+  const dChosen = reference.map(
+    (s, i) => avg(s.values.chosen, s.tokens.chosen) - raw[i].logprob / Math.max(1, raw[i].tokens),
+  );
+  const dRejected = reference.map(
+    (s, i) => avg(s.values.rejected, s.tokens.rejected) - raw[i].logprob / Math.max(1, raw[i].tokens),
+  );
+  return { chosen: mean(dChosen), rejected: mean(dRejected), all: (mean(dChosen) + mean(dRejected)) / 2 };
+}
+
+function meanMetrics(log: Array<Record<string, number>>): Record<string, number> | null {
+  if (log.length === 0) return null;
+  const out: Record<string, number> = {};
+  for (const key of Object.keys(log[0])) out[key] = mean(log.map((row) => row[key] ?? 0));
+  return out;
+}
