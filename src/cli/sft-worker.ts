@@ -44,6 +44,7 @@ export interface SftRunSettings {
   maxLen: number;
   warmupRatio: number;
   weightDecay: number;
+  /** 0: no clipping. */
   maxGradNorm: number;
   seed: number;
 }
@@ -243,7 +244,7 @@ function run(data: SftWorkerData): void {
           epochs: settings.epochs,
           peakLr: settings.lr,
           warmupRatio: settings.warmupRatio,
-          maxGradNorm: settings.maxGradNorm,
+          maxGradNorm: settings.maxGradNorm > 0 ? settings.maxGradNorm : Number.POSITIVE_INFINITY,
           maxLen: settings.maxLen,
           seed: settings.seed,
           startStep,
