@@ -7,20 +7,22 @@
 //
 // sgemm follows the usual cache-blocked layout: a KC x NC panel of op(B) is packed into NR-wide strips
 // (so the micro-kernel streams it contiguously from L1/L2), an MC x KC block of op(A) into MR-tall
-// strips, and a 4 x 8 register tile accumulates one MR x NR block of C over KC steps. V8 keeps the
-// 8 accumulators, 2 B vectors and the broadcast A value in xmm registers without spills; larger tiles
-// measured no faster once spills appear. Every element of C is the same sequence of fp32 operations
-// whatever tile, edge or thread computes it, so threaded results are bit-identical to one thread.
+// strips with every value pre-broadcast to a vector, and a 5 x 8 register tile accumulates one MR x NR
+// block of C over KC steps. V8 keeps the 10 accumulators, 2 B vectors and one A vector in xmm registers
+// without spills; 6 x 8 spills, and the loop is bound by instruction issue as much as by the FP pipes,
+// so plain loads with folded offsets (pre-broadcast A) beat load-splats. Every element of C is the same
+// sequence of fp32 operations whatever tile, edge or thread computes it, so threaded results are
+// bit-identical to one thread.
 
-const MR: i32 = 4;
+const MR: i32 = 5;
 const NR: i32 = 8;
 const KC: i32 = 256;
-const MC: i32 = 128;
+const MC: i32 = 120;
 const NC: i32 = 2048;
 
 /** Floats of workspace one thread needs for sgemmPacked (packed A block, packed B panel, edge tile). */
 export function packedWorkspaceFloats(): i32 {
-  return MC * KC + KC * NC + MR * NR;
+  return MC * KC * 4 + KC * NC + MR * NR;
 }
 
 /** Rows of C per register tile; the host splits rows between threads in multiples of it. */
@@ -48,49 +50,36 @@ function transpose4(r0: v128, r1: v128, r2: v128, r3: v128, dst: usize, stride: 
   v128.store(dst + 3 * stride, f32x4.shuffle(t1, t3, 2, 3, 6, 7));
 }
 
-/** Packs rows [i0, i0+mc) x cols [k0, k0+kc) of op(A) into MR-tall strips, k-major, zero-padded. */
+/**
+ * Packs rows [i0, i0+mc) x cols [k0, k0+kc) of op(A) into MR-tall strips, k-major, zero-padded, each
+ * value already broadcast to a full vector (16 bytes): the micro-kernel then reads it with a plain
+ * load whose offset V8 folds into the address, instead of a load-splat that costs an extra lea.
+ */
 function packA(transA: bool, a: usize, lda: i32, i0: i32, k0: i32, mc: i32, kc: i32, dst: usize): void {
   const ld = <usize>lda << 2;
+  const stepI: usize = transA ? 4 : ld;
+  const stepK: usize = transA ? ld : 4;
   for (let i = 0; i < mc; i += MR) {
     const rows = min(MR, mc - i);
-    const strip = dst + (<usize>(i * kc) << 2);
-    if (rows == MR && transA) {
-      // op(A) rows are contiguous in storage for each k: one vector copy per k.
-      let src = a + <usize>k0 * ld + (<usize>(i0 + i) << 2);
+    let d = dst + (<usize>(i * kc) << 4);
+    let src = a + <usize>(i0 + i) * stepI + <usize>k0 * stepK;
+    if (rows == MR) {
       for (let k = 0; k < kc; k++) {
-        v128.store(strip + (<usize>k << 4), v128.load(src));
-        src += ld;
-      }
-    } else if (rows == MR) {
-      const src = a + <usize>(i0 + i) * ld + (<usize>k0 << 2);
-      let k = 0;
-      for (; k + 4 <= kc; k += 4) {
-        const s = src + (<usize>k << 2);
-        transpose4(
-          v128.load(s),
-          v128.load(s + ld),
-          v128.load(s + 2 * ld),
-          v128.load(s + 3 * ld),
-          strip + (<usize>k << 4),
-          16,
-        );
-      }
-      for (; k < kc; k++) {
-        for (let r = 0; r < MR; r++) {
-          store<f32>(strip + (<usize>(k * MR + r) << 2), load<f32>(src + <usize>r * ld + (<usize>k << 2)));
-        }
+        v128.store(d, v128.load32_splat(src));
+        v128.store(d, v128.load32_splat(src + stepI), 16);
+        v128.store(d, v128.load32_splat(src + 2 * stepI), 32);
+        v128.store(d, v128.load32_splat(src + 3 * stepI), 48);
+        v128.store(d, v128.load32_splat(src + 4 * stepI), 64);
+        d += 80;
+        src += stepK;
       }
     } else {
       for (let k = 0; k < kc; k++) {
         for (let r = 0; r < MR; r++) {
-          let v: f32 = 0;
-          if (r < rows) {
-            const ii = <usize>(i0 + i + r);
-            const kk = <usize>(k0 + k);
-            v = transA ? load<f32>(a + kk * ld + (ii << 2)) : load<f32>(a + ii * ld + (kk << 2));
-          }
-          store<f32>(strip + (<usize>(k * MR + r) << 2), v);
+          v128.store(d, r < rows ? v128.load32_splat(src + <usize>r * stepI) : f32x4.splat(0));
+          d += 16;
         }
+        src += stepK;
       }
     }
   }
@@ -158,7 +147,7 @@ function update(acc: v128, c: usize, alpha: v128, beta: v128, overwrite: bool): 
   else v128.store(c, f32x4.add(f32x4.mul(alpha, acc), f32x4.mul(beta, v128.load(c))));
 }
 
-function micro4x8(
+function micro5x8(
   kc: i32,
   pa: usize,
   pb: usize,
@@ -178,25 +167,28 @@ function micro4x8(
   let c21 = f32x4.splat(0);
   let c30 = f32x4.splat(0);
   let c31 = f32x4.splat(0);
-  // Loop on the B pointer itself: V8 then spends one fewer integer op per step, which is measurable
-  // because this loop is bound by instruction issue, not by the multiply/add pipes alone.
+  let c40 = f32x4.splat(0);
+  let c41 = f32x4.splat(0);
   const end = pb + (<usize>kc << 5);
   while (pb < end) {
     const b0 = v128.load(pb);
     const b1 = v128.load(pb, 16);
-    let a = v128.load32_splat(pa);
+    let a = v128.load(pa);
     c00 = f32x4.add(c00, f32x4.mul(a, b0));
     c01 = f32x4.add(c01, f32x4.mul(a, b1));
-    a = v128.load32_splat(pa, 4);
+    a = v128.load(pa, 16);
     c10 = f32x4.add(c10, f32x4.mul(a, b0));
     c11 = f32x4.add(c11, f32x4.mul(a, b1));
-    a = v128.load32_splat(pa, 8);
+    a = v128.load(pa, 32);
     c20 = f32x4.add(c20, f32x4.mul(a, b0));
     c21 = f32x4.add(c21, f32x4.mul(a, b1));
-    a = v128.load32_splat(pa, 12);
+    a = v128.load(pa, 48);
     c30 = f32x4.add(c30, f32x4.mul(a, b0));
     c31 = f32x4.add(c31, f32x4.mul(a, b1));
-    pa += 16;
+    a = v128.load(pa, 64);
+    c40 = f32x4.add(c40, f32x4.mul(a, b0));
+    c41 = f32x4.add(c41, f32x4.mul(a, b1));
+    pa += 80;
     pb += 32;
   }
   const va = f32x4.splat(alpha);
@@ -214,10 +206,13 @@ function micro4x8(
     c += ldcBytes;
     update(c30, c, va, vb, overwrite);
     update(c31, c + 16, va, vb, overwrite);
+    c += ldcBytes;
+    update(c40, c, va, vb, overwrite);
+    update(c41, c + 16, va, vb, overwrite);
     return;
   }
   // Edge tile: park the sums, then update only the elements that exist, with the same fp32 ops.
-  v128.store(tile, c00);
+  v128.store(tile, c00, 0);
   v128.store(tile, c01, 16);
   v128.store(tile, c10, 32);
   v128.store(tile, c11, 48);
@@ -225,6 +220,8 @@ function micro4x8(
   v128.store(tile, c21, 80);
   v128.store(tile, c30, 96);
   v128.store(tile, c31, 112);
+  v128.store(tile, c40, 128);
+  v128.store(tile, c41, 144);
   for (let r = 0; r < mr; r++) {
     const row = c + <usize>r * ldcBytes;
     for (let j = 0; j < nr; j++) {
@@ -274,7 +271,7 @@ export function sgemmPacked(
     return;
   }
   const packedA = work;
-  const packedB = packedA + (<usize>(MC * KC) << 2);
+  const packedB = packedA + (<usize>(MC * KC) << 4);
   const tile = packedB + (<usize>(KC * NC) << 2);
   const ldcBytes = <usize>ldc << 2;
   for (let jc = 0; jc < N; jc += NC) {
@@ -293,9 +290,9 @@ export function sgemmPacked(
           const cCol = c + (<usize>(jc + jr) << 2);
           for (let ir = 0; ir < mc; ir += MR) {
             const mr = min(MR, mc - ir);
-            micro4x8(
+            micro5x8(
               kc,
-              packedA + (<usize>(ir * kc) << 2),
+              packedA + (<usize>(ir * kc) << 4),
               pb,
               cCol + <usize>(ic + ir) * ldcBytes,
               ldcBytes,

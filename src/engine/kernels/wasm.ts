@@ -107,7 +107,7 @@ export class WasmKernels implements Kernels, KernelsExtras {
     this.kernels = instance.exports as unknown as KernelExports;
     this.tileRows = this.kernels.tileRows();
     this.tileCols = this.kernels.tileCols();
-    const workBytes = this.kernels.packedWorkspaceFloats() * 4;
+    const workBytes = roundUp(this.kernels.packedWorkspaceFloats() * 4, ALIGN);
     for (let t = 0; t < threads; t++) this.workspaces.push(this.reserve(workBytes));
     this.highWater = this.top;
     this.threads = threads;
@@ -195,7 +195,7 @@ export class WasmKernels implements Kernels, KernelsExtras {
     }
     // About four chunks per thread balances a busy core; chunks stay big enough that packing is cheap.
     const target = 4 * (1 + helpers);
-    let rowChunk = small ? M : Math.min(roundUp(M, this.tileRows), 128);
+    let rowChunk = small ? M : roundUp(Math.min(M, 24 * this.tileRows), this.tileRows);
     let colChunk = Math.min(roundUp(N, this.tileCols), 512);
     const count = (): number => Math.ceil(M / rowChunk) * Math.ceil(N / colChunk);
     while (count() < target && colChunk > 64) colChunk = roundUp(colChunk / 2, this.tileCols);
