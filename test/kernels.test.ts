@@ -92,6 +92,8 @@ test("wasm sgemm matches plainSgemm for all transposes, odd sizes and alpha/beta
     [2, 40, 33],
     [6, 50, 20],
     [7, 37, 9],
+    [13, 20, 9],
+    [16, 45, 37],
   ];
   const scalars = [
     [1, 0],
@@ -177,6 +179,7 @@ test("threaded sgemm is bit-identical to one thread (main thread helping, and wo
       [3, 2000, 70],
       [1, 3000, 90],
       [6, 1500, 40],
+      [13, 800, 64],
       [64, 64, 64],
     ];
     let seed = 500;

@@ -33,8 +33,12 @@ const PAGE_BYTES = 65536;
 const HEAP_BASE = PAGE_BYTES;
 /** Cache-line alignment; the kernels only need 16 bytes for their vectors. */
 const ALIGN = 64;
-/** At most this many rows of C take the unpacked path (decode steps with a few sequences). */
-const SMALL_M = 8;
+/**
+ * At most this many rows of C take the unpacked path (decode steps with a few sequences); measured
+ * break-even against packing: about 16-24 rows for A B^T (dot products), about 8 for B untransposed.
+ */
+const SMALL_M_NT = 16;
+const SMALL_M_NN = 8;
 /** Below this many multiply-adds, waking workers costs more than it saves. */
 const PARALLEL_MIN_MACS = 1 << 18;
 
@@ -166,7 +170,7 @@ export class WasmKernels implements Kernels, KernelsExtras {
     if (M === 0 || N === 0) return;
     checkNoOverlap("A", A, M * K, C, M * N);
     checkNoOverlap("B", B, K * N, C, M * N);
-    const small = M <= SMALL_M && !(transA && transB);
+    const small = transB ? !transA && M <= SMALL_M_NT : M <= SMALL_M_NN;
     const job: GemmJob = {
       kind: small ? JOB_KIND.SMALL : JOB_KIND.PACKED,
       transA,
