@@ -7,6 +7,7 @@ import { after, before, test } from "node:test";
 import { encodeChat } from "../src/engine/chat.js";
 import { PlainKernels } from "../src/engine/kernels/plain.js";
 import { type LoadedModelDir, loadModelDir } from "../src/engine/load.js";
+import { generateTokens } from "../src/engine/sampler.js";
 import { byteToChar } from "../src/engine/tokenizer.js";
 import { type ServerHandle, startServer } from "../src/serve/server.js";
 import {
@@ -466,6 +467,18 @@ test("overload: a full queue answers 429 with Retry-After, and the server keeps 
     assert.equal((r.json as unknown as ErrorBody).error.code, "queue_full");
   }
   assert.equal((await chat({ max_tokens: 2 }, busy.url)).status, 200);
+});
+
+test("ignore_eos samples exactly max_tokens; a model shared with other sampling keeps serving", async () => {
+  const shared = await startServer({ loaded: reference, modelName: NAME, port: 0, maxBatch: 4 });
+  extraServers.push(shared);
+  for (let seed = 0; seed < 6; seed++) {
+    const r = await complete({ prompt: "eos?", max_tokens: 30, seed, ignore_eos: true }, shared.url);
+    assert.equal(r.json.usage.completion_tokens, 30);
+    assert.equal(r.json.choices[0].finish_reason, "length");
+    // Sampling with the same model while the server is idle reuses its KV-cache memory.
+    generateTokens(reference.model, [[1, 2, 3]], { maxNewTokens: 4, seeds: [seed] });
+  }
 });
 
 test("a client that disconnects mid-stream frees its slot", async () => {

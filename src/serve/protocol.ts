@@ -81,6 +81,8 @@ const samplingFields = {
     .refine((v) => Object.keys(v).length === 0, { error: "is not supported by this server" })
     .nullish(),
   user: z.string({ error: "expected a string" }).nullish(),
+  /** vLLM's extension: sample past end-of-turn tokens, so every sample has max_tokens tokens. */
+  ignore_eos: z.boolean({ error: "expected true or false" }).nullish(),
 };
 
 const textPart = z.object(

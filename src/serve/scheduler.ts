@@ -120,6 +120,8 @@ export interface SchedulerStats {
   maxBatchSeen: number;
   /** Tokens sampled so far. */
   tokens: number;
+  /** Seconds spent in engine work (scoring, prefill, decode) so far: the rest of the time it idled. */
+  busySeconds: number;
 }
 
 interface QueuedJob {
@@ -215,7 +217,7 @@ export class BatchScheduler {
   private loop: Promise<void> | null = null;
   private closed = false;
   private readonly idleWaiters: Array<() => void> = [];
-  private counters = { steps: 0, maxBatchSeen: 0, tokens: 0 };
+  private counters = { steps: 0, maxBatchSeen: 0, tokens: 0, busySeconds: 0 };
 
   /** A scheduler over `model`, which must have an LM head. */
   constructor(
@@ -347,14 +349,22 @@ export class BatchScheduler {
       // Let sockets be read and written between steps.
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
+    // The model has one KV-cache arena: whoever samples with it while this scheduler is idle makes
+    // the cache stale, so an idle scheduler lets it go and makes a fresh one when work comes.
+    this.cache = null;
   }
 
   /** One scheduling step: scoring, retiring cancelled work, admitting, one decode step. */
   private step(): void {
-    this.runScores();
-    this.retireCancelled();
-    this.admit();
-    this.decode();
+    const started = performance.now();
+    try {
+      this.runScores();
+      this.retireCancelled();
+      this.admit();
+      this.decode();
+    } finally {
+      this.counters.busySeconds += (performance.now() - started) / 1000;
+    }
   }
 
   private runScores(): void {

@@ -2,7 +2,8 @@
  * `selfsteer serve`: an OpenAI-compatible HTTP server (node:http) over a local checkpoint.
  *   GET  /v1/models, /v1/models/{id}, /health
  *   POST /v1/chat/completions   messages, n, temperature, top_p, top_k, max_tokens /
- *                               max_completion_tokens, stop, seed, logprobs + top_logprobs, stream
+ *                               max_completion_tokens, stop, seed, logprobs + top_logprobs, stream,
+ *                               and vLLM's ignore_eos
  *   POST /v1/completions        prompt (text or token ids, one or several), echo, logprobs, the same
  *                               sampling fields; echo + logprobs + max_tokens 0 scores a given text
  * Every request runs through one BatchScheduler, so concurrent requests share decode steps. Samples
@@ -123,6 +124,8 @@ interface GenerationSpec {
   topLogprobs: number;
   stops: string[];
   seeds: number[];
+  /** Keep sampling past end-of-turn tokens (vLLM's ignore_eos; benchmarks use it for fixed lengths). */
+  ignoreEos: boolean;
 }
 
 const DEFAULT_MAX_BODY = 4 * 1024 * 1024;
@@ -364,6 +367,7 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
       settled = true;
       fn();
     };
+    const jobStopIds = spec.ignoreEos ? new Set<number>() : stopIds;
     const samples = spec.seeds.map((seed, k) => {
       const text = new IncrementalText(tokenizer, spec.stops);
       const out = outputs[k];
@@ -371,7 +375,7 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
         seed,
         onToken(token: SampledToken): boolean {
           out.completionTokens++;
-          if (stopIds.has(token.id)) return false;
+          if (jobStopIds.has(token.id)) return false;
           if (text.stopped) return true;
           const offset = text.length;
           out.tokens.push(token);
@@ -400,7 +404,7 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
       prompt: spec.prompt,
       maxTokens: spec.maxTokens,
       settings: spec.settings,
-      stopIds,
+      stopIds: jobStopIds,
       topLogprobs: spec.topLogprobs,
       samples,
       onError: (error) => settle(() => rejectAll(error)),
@@ -469,6 +473,7 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
       topLogprobs: wantLogprobs ? (body.top_logprobs ?? 0) : 0,
       stops: stopList(body.stop),
       seeds: seedsFor(body.seed, n, 0),
+      ignoreEos: body.ignore_eos === true,
     };
     const id = requestId("chatcmpl");
     const createdAt = Math.floor(Date.now() / 1000);
@@ -675,6 +680,15 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
       ),
     );
 
+    const specFor = (p: PromptInput, i: number): GenerationSpec => ({
+      prompt: p.ids,
+      maxTokens,
+      settings,
+      topLogprobs: topK ?? 0,
+      stops,
+      seeds: seedsFor(body.seed, n, i * n),
+      ignoreEos: body.ignore_eos === true,
+    });
     // Every prompt's samples are queued before anything is sent, so a full queue is still a clean 429.
     const submitAll = (
       run: (p: PromptInput, i: number) => Promise<ChoiceOutput[]>,
@@ -753,20 +767,7 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
           },
         };
       };
-      const runs = submitAll((p, i) =>
-        generate(
-          {
-            prompt: p.ids,
-            maxTokens,
-            settings,
-            topLogprobs: topK ?? 0,
-            stops,
-            seeds: seedsFor(body.seed, n, i * n),
-          },
-          controller.signal,
-          hooksFor(i),
-        ),
-      );
+      const runs = submitAll((p, i) => generate(specFor(p, i), controller.signal, hooksFor(i)));
       const all = Promise.all(runs);
       all.catch(abortAll);
       startEventStream(res);
@@ -797,19 +798,7 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
       return;
     }
 
-    const runs = submitAll((p, i) =>
-      generate(
-        {
-          prompt: p.ids,
-          maxTokens,
-          settings,
-          topLogprobs: topK ?? 0,
-          stops,
-          seeds: seedsFor(body.seed, n, i * n),
-        },
-        controller.signal,
-      ),
-    );
+    const runs = submitAll((p, i) => generate(specFor(p, i), controller.signal));
     const all = Promise.all(runs);
     all.catch(abortAll);
     const results = await all;
