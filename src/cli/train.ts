@@ -1,13 +1,174 @@
-import type { Command } from "commander";
-import { UserError } from "../util/errors.js";
+import { existsSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { type Command, Option } from "commander";
+import { z } from "zod";
+import { tokenizerConfigJson } from "../engine/chat.js";
+import { loadCheckpoint, loadTrainerState, saveCheckpoint, saveTrainerState } from "../engine/checkpoint.js";
+import { createKernels } from "../engine/kernels/index.js";
+import { loadModelDir } from "../engine/load.js";
+import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
+import { LOSS_NAMES, objectiveConfigSchema } from "../sso/objective.js";
+import { type PreferenceRecord, requiredKeys, scoreRecords, trainPreference } from "../train/preference.js";
+import { formatPath, UserError } from "../util/errors.js";
+import { readJsonl } from "../util/jsonl.js";
+import { parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
 
-/** Registers `selfsteer train` (not implemented yet). */
+const RecordLineSchema = z.object({
+  instruction: z.string(),
+  p_system: z.string(),
+  n_system: z.string(),
+  chosen: z.string(),
+  rejected: z.string(),
+  raw: z.string(),
+});
+const PairLineSchema = z.object({ prompt: z.string(), chosen: z.string(), rejected: z.string() });
+
+/**
+ * Reads SSO records or plain pairs (TRL / RewardBench style with a string prompt), one kind per line,
+ * told apart by `instruction`. `needSso` requires records: the steering pairs need p+, p- and y0.
+ */
+export function readTrainingRecords(path: string, needSso: boolean): PreferenceRecord[] {
+  const { rows } = readJsonl(path, z.record(z.string(), z.unknown()));
+  return rows.map(({ line, value }) => {
+    const isRecord = "instruction" in value;
+    if (!isRecord && needSso)
+      throw new UserError(
+        `${path}:${line}: field instruction: --sso needs SSO records (instruction, p_system, n_system, raw)`,
+      );
+    const parsed = (isRecord ? RecordLineSchema : PairLineSchema).safeParse(value);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new UserError(`${path}:${line}: field ${formatPath(issue.path)}: ${issue.message}`);
+    }
+    const v = parsed.data;
+    if ("instruction" in v) return v;
+    return {
+      instruction: v.prompt,
+      p_system: "",
+      n_system: "",
+      chosen: v.chosen,
+      rejected: v.rejected,
+      raw: "",
+    };
+  });
+}
+
+/** Registers `selfsteer train`: offline preference training on a fixed file of records or pairs. */
 export function register(program: Command): void {
   program
     .command("train")
-    .description("(not implemented yet)")
-    .allowUnknownOption()
-    .action(() => {
-      throw new UserError("'train' is not implemented yet");
+    .description(
+      "offline preference training on SSO records (or plain pairs): main pair, or the full SSO objective",
+    )
+    .requiredOption("--model <dir>", "policy checkpoint to start from (also the frozen reference)")
+    .requiredOption("--data <file>", "records.jsonl (SSO records) or pairs (prompt, chosen, rejected)")
+    .requiredOption("--out <dir>", "checkpoint directory to write")
+    .addOption(
+      new Option("--loss <name>", "base loss").choices(LOSS_NAMES.filter((l) => l !== "bt")).default("ipo"),
+    )
+    .option("--sso", "the full SSO objective (W and G) instead of the main pair only")
+    .option("--beta <x>", "preference beta", "0.2")
+    .option("--epochs <n>", "epochs", "1")
+    .option("--lr <x>", "peak learning rate", "5e-4")
+    .option("--batch-size <n>", "records per step", "8")
+    .option("--micro-batch <n>", "sequences per forward pass", "16")
+    .option("--max-len <n>", "longest sequence in tokens", "384")
+    .option("--warmup-ratio <x>", "warmup share of steps", "0.1")
+    .option("--weight-decay <x>", "AdamW weight decay", "0.1")
+    .option("--max-grad-norm <x>", "gradient clipping", "1")
+    .option("--seed <n>", "data order seed", "1")
+    .option("--save-every <n>", "save a resumable state every n steps", "20")
+    .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
+    .action((o: Record<string, string | boolean | undefined>) => {
+      const s = (k: string) => String(o[k]);
+      const sso = o.sso === true;
+      const objective = objectiveConfigSchema.parse({
+        loss: s("loss"),
+        beta: parseNumberFlag("--beta", s("beta"), 0),
+        ...(sso ? { sso: {} } : {}),
+      });
+      const records = readTrainingRecords(s("data"), sso);
+      if (records.length === 0) throw new UserError(`${s("data")}: no records`);
+      const out = s("out");
+      const partial = join(out, "partial");
+      const kernels = createKernels({ backend: s("backend") as "auto" | "wasm" | "plain" });
+      try {
+        const { model, tokenizer } = loadModelDir(s("model"), { kernels, scoreHead: false });
+        const seqOptions = {
+          maxLen: parseIntFlag("--max-len", s("maxLen"), 8),
+          microBatch: parseIntFlag("--micro-batch", s("microBatch"), 1),
+        };
+        // The reference is the starting policy, scored once before any update.
+        const reference = ["dpo", "ipo", "hinge"].includes(objective.loss)
+          ? scoreRecords(model, tokenizer, records, requiredKeys(objective), seqOptions)
+          : null;
+        const optimizer = new AdamW(model.params.length, {
+          weightDecay: parseNumberFlag("--weight-decay", s("weightDecay"), 0),
+          decayMask: decayMaskFromSpecs(model.specs),
+        });
+        let startStep = 0;
+        const state = existsSync(partial) ? loadTrainerState(partial) : null;
+        if (state !== null) {
+          model.loadTensors(loadCheckpoint(partial, { scoreHead: false }).tensors.values());
+          optimizer.importState(state.optimizer);
+          startStep = state.step;
+        }
+        const save = (dir: string) =>
+          saveCheckpoint(dir, {
+            config: model.config,
+            tensors: model.namedTensors(),
+            tokenizerJson: tokenizer.toJSON(),
+            tokenizerConfigJson: tokenizerConfigJson(tokenizer),
+          });
+        const saveEvery = parseIntFlag("--save-every", s("saveEvery"), 1);
+        const bar = progressBar();
+        let started = false;
+        const log = trainPreference(
+          model,
+          tokenizer,
+          optimizer,
+          records,
+          reference,
+          {
+            ...seqOptions,
+            objective,
+            batchSize: parseIntFlag("--batch-size", s("batchSize"), 1),
+            epochs: parseIntFlag("--epochs", s("epochs"), 1),
+            peakLr: parseNumberFlag("--lr", s("lr"), 0),
+            warmupRatio: parseNumberFlag("--warmup-ratio", s("warmupRatio"), 0, 1),
+            maxGradNorm: parseNumberFlag("--max-grad-norm", s("maxGradNorm"), 0),
+            seed: parseIntFlag("--seed", s("seed"), 0),
+            startStep,
+          },
+          (info) => {
+            if (!started) {
+              bar.start(info.totalSteps, "train");
+              started = true;
+            }
+            bar.update(info.step + 1, {
+              loss: info.loss.toFixed(4),
+              acc: (info.metrics["rewards/accuracies"] ?? 0).toFixed(2),
+            });
+            if ((info.step + 1) % saveEvery === 0 && info.step + 1 < info.totalSteps) {
+              save(partial);
+              saveTrainerState(partial, { step: info.step + 1, optimizer: optimizer.exportState() });
+            }
+          },
+        );
+        bar.stop();
+        save(out);
+        rmSync(partial, { recursive: true, force: true });
+        const last = log[log.length - 1];
+        printJson({
+          out,
+          records: records.length,
+          objective,
+          steps: startStep + log.length,
+          finalLoss: last?.loss ?? null,
+          finalMetrics: last?.metrics ?? null,
+        });
+      } finally {
+        kernels.dispose();
+      }
     });
 }
