@@ -88,6 +88,7 @@ const results = SHAPES.map((shape) => {
     },
   };
 });
+const pool = all instanceof WasmKernels ? all.poolStatistics() : undefined;
 one.dispose();
 all.dispose();
-console.log(JSON.stringify({ bench: "matmul", node: process.version, threads, results }, null, 2));
+console.log(JSON.stringify({ bench: "matmul", node: process.version, threads, results, pool }, null, 2));

@@ -7,8 +7,9 @@ import { loadKernelsModule, WasmKernels } from "./wasm.js";
 import type { WasmModule } from "./webassembly.js";
 
 export { PlainKernels, plainSgemm } from "./plain.js";
+export type { PoolStats } from "./pool.js";
 export type { Kernels } from "./types.js";
-export type { KernelsExtras } from "./wasm.js";
+export type { KernelsExtras, WasmKernelsOptions } from "./wasm.js";
 export { WasmKernels } from "./wasm.js";
 
 /** Options of createKernels. */

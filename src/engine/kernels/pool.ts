@@ -10,6 +10,15 @@ import {
 } from "./protocol.js";
 import type { WasmMemory, WasmModule } from "./webassembly.js";
 
+/** Pool counters: parallel calls, those that stalled on a preempted helper, calls run solo as a result. */
+export interface PoolStats {
+  parallelCalls: number;
+  stalledCalls: number;
+  soloCalls: number;
+  /** Total time the main thread waited for helpers after finishing its own chunks. */
+  waitMs: number;
+}
+
 /**
  * Worker threads that help the main thread with sgemm on the kernels' shared memory. `run` opens a job,
  * wakes the workers, claims chunks itself, and blocks (Atomics.wait) until every chunk is done, so the
@@ -20,7 +29,12 @@ export class KernelPool {
   readonly size: number;
   private readonly workers: Worker[] = [];
   private readonly control: ControlBlock;
-  private readonly spin: number;
+  private readonly spinMs: number;
+  private readonly stats: PoolStats = { parallelCalls: 0, stalledCalls: 0, soloCalls: 0, waitMs: 0 };
+  /** Consecutive stalled calls, current back-off exponent, and calls left to run without helpers. */
+  private stalls = 0;
+  private backoff = 0;
+  private cooldown = 0;
   private readonly failures: string[] = [];
   private disposed = false;
 
@@ -28,15 +42,15 @@ export class KernelPool {
    * Starts one worker per entry of `workspaces` (byte addresses of their packing buffers); each
    * instantiates `module` on `memory` by itself and reports ready.
    */
-  constructor(module: WasmModule, memory: WasmMemory, workspaces: number[], spin: number) {
+  constructor(module: WasmModule, memory: WasmMemory, workspaces: number[], spinMicros: number) {
     this.size = workspaces.length;
-    this.spin = spin;
+    this.spinMs = spinMicros / 1000;
     const buffer = new SharedArrayBuffer(controlBytes(this.size));
     this.control = new ControlBlock(buffer);
     Atomics.store(this.control.words, CONTROL.NEXT, CLOSED);
     for (let index = 0; index < this.size; index++) {
       const worker = new Worker(new URL("./worker.js", import.meta.url), {
-        workerData: { module, memory, control: buffer, index, work: workspaces[index], spin },
+        workerData: { module, memory, control: buffer, index, work: workspaces[index], spinMs: this.spinMs },
         // Workers inherit the parent's node flags; --input-type (node -e / stdin scripts) makes them fail.
         execArgv: workerExecArgv(process.execArgv),
       });
@@ -89,22 +103,62 @@ export class KernelPool {
     Atomics.store(words, CONTROL.NEXT, openValue(generation));
     Atomics.store(words, CONTROL.GEN, generation);
     Atomics.notify(words, CONTROL.GEN);
+    const start = performance.now();
     const ownFailure = mainClaims ? this.control.drain(exports, work, job) : undefined;
+    const drained = performance.now();
     let completed = Atomics.load(words, CONTROL.COMPLETED);
-    for (let i = 0; completed < job.chunks && i < this.spin; i++)
-      completed = Atomics.load(words, CONTROL.COMPLETED);
-    while (completed < job.chunks) {
-      Atomics.wait(words, CONTROL.COMPLETED, completed, 1000);
+    // Spin briefly (the helpers are usually about to finish), then sleep.
+    for (let i = 1; completed < job.chunks; i++) {
+      if ((i & 63) === 0 && performance.now() - drained > this.spinMs) {
+        Atomics.wait(words, CONTROL.COMPLETED, completed, 1000);
+      }
       completed = Atomics.load(words, CONTROL.COMPLETED);
     }
     // Close before anyone may write the next job's fields (see protocol.ts).
     Atomics.store(words, CONTROL.NEXT, CLOSED);
+    if (mainClaims) this.noteWait(drained - start, performance.now() - drained);
     if (Atomics.load(words, CONTROL.FAILED) !== 0) {
       const reasons = [ownFailure, ...this.failures].filter((r) => r !== undefined);
       this.failures.length = 0;
       throw new Error(
         `sgemm failed: ${reasons.length > 0 ? reasons.join("; ") : "in a kernel worker thread"}`,
       );
+    }
+  }
+
+  /**
+   * Whether the next call should use the helpers. After repeated stalls (the main thread left waiting
+   * on a helper's chunk for longer than it computed, typical when other processes hold the cores and
+   * preempt a helper mid-chunk), the pool sits out a growing number of calls on the main thread alone,
+   * then tries again; one clean call shrinks the back-off again.
+   */
+  useHelpers(): boolean {
+    if (this.cooldown > 0) {
+      this.cooldown--;
+      this.stats.soloCalls++;
+      return false;
+    }
+    return true;
+  }
+
+  /** Counters since construction, for benchmarks and diagnosis. */
+  statistics(): PoolStats {
+    return { ...this.stats };
+  }
+
+  private noteWait(ownMs: number, waitMs: number): void {
+    this.stats.parallelCalls++;
+    this.stats.waitMs += waitMs;
+    if (waitMs > Math.max(0.2, ownMs)) {
+      this.stats.stalledCalls++;
+      if (++this.stalls >= 2) {
+        this.cooldown = Math.min(256, 4 << this.backoff);
+        this.backoff = Math.min(this.backoff + 1, 6);
+        this.stalls = 0;
+      }
+    } else {
+      this.stalls = 0;
+      if (this.backoff > 0) this.backoff--;
     }
   }
 

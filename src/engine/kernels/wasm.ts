@@ -1,5 +1,5 @@
 import { readFileSync } from "node:fs";
-import { KernelPool } from "./pool.js";
+import { KernelPool, type PoolStats } from "./pool.js";
 import { type GemmJob, JOB_KIND, type KernelExports, runChunk } from "./protocol.js";
 import type { Kernels } from "./types.js";
 import { requireWebAssembly, type WasmMemory, type WasmModule } from "./webassembly.js";
@@ -8,8 +8,8 @@ import { requireWebAssembly, type WasmMemory, type WasmModule } from "./webassem
 export interface WasmKernelsOptions {
   /** Threads that share an sgemm, the main thread included (1: no workers). */
   threads?: number;
-  /** Busy-wait iterations before a thread sleeps on a futex between back-to-back calls. */
-  spin?: number;
+  /** Microseconds a thread busy-waits before sleeping on a futex between back-to-back calls (50). */
+  spinMicros?: number;
   /** false: the main thread only waits while workers compute (to test the workers; default true). */
   mainThreadWorks?: boolean;
   /** Upper bound of the shared memory in 64 KiB pages (default: the wasm32 limit, 4 GiB). */
@@ -26,6 +26,8 @@ export interface KernelsExtras {
   waitForWorkers(timeoutMs?: number): boolean;
   /** Bytes of the shared memory reserved by allocations now (high-water mark of the bump region). */
   heapBytes(): number;
+  /** Thread pool counters (parallel, stalled and solo calls, wait time); undefined without workers. */
+  poolStatistics(): PoolStats | undefined;
 }
 
 const PAGE_BYTES = 65536;
@@ -118,7 +120,7 @@ export class WasmKernels implements Kernels, KernelsExtras {
     this.mainThreadWorks = options.mainThreadWorks ?? true;
     this.pool =
       threads > 1
-        ? new KernelPool(module, this.memory, this.workspaces.slice(1), options.spin ?? 20000)
+        ? new KernelPool(module, this.memory, this.workspaces.slice(1), options.spinMicros ?? 50)
         : undefined;
     this.name = `wasm-simd x${threads} thread${threads === 1 ? "" : "s"}`;
   }
@@ -192,7 +194,8 @@ export class WasmKernels implements Kernels, KernelsExtras {
       chunks: 1,
     };
     const pool = this.pool;
-    const helpers = pool !== undefined && M * N * K >= PARALLEL_MIN_MACS ? pool.readyCount() : 0;
+    const helpers =
+      pool !== undefined && M * N * K >= PARALLEL_MIN_MACS && pool.useHelpers() ? pool.readyCount() : 0;
     if (pool === undefined || helpers === 0) {
       runChunk(this.kernels, job, 0, this.workspaces[0]);
       return;
@@ -215,6 +218,11 @@ export class WasmKernels implements Kernels, KernelsExtras {
   /** Blocks until every worker can take jobs; false on timeout (see KernelsExtras). */
   waitForWorkers(timeoutMs = 10000): boolean {
     return this.pool === undefined ? true : this.pool.waitUntilReady(timeoutMs);
+  }
+
+  /** Thread pool counters (see KernelsExtras); undefined without workers. */
+  poolStatistics(): PoolStats | undefined {
+    return this.pool?.statistics();
   }
 
   /** Bytes reserved by allocations now (see KernelsExtras). */

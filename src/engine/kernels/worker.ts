@@ -15,8 +15,8 @@ interface WorkerInit {
   index: number;
   /** Byte address of this worker's private packing workspace in the shared memory. */
   work: number;
-  /** Busy-wait iterations before sleeping. */
-  spin: number;
+  /** Milliseconds to busy-wait for the next job before sleeping. */
+  spinMs: number;
 }
 
 const init = workerData as WorkerInit;
@@ -31,9 +31,13 @@ Atomics.store(words, CONTROL.READY + init.index, 1);
 Atomics.notify(words, CONTROL.READY + init.index);
 
 for (;;) {
-  // Spin briefly first: back-to-back sgemm calls arrive faster than a futex wake-up.
+  // Spin briefly first: back-to-back sgemm calls arrive faster than a futex wake-up (~15 us here).
   let generation = Atomics.load(words, CONTROL.GEN);
-  for (let i = 0; generation === seen && i < init.spin; i++) generation = Atomics.load(words, CONTROL.GEN);
+  const idleSince = performance.now();
+  for (let i = 1; generation === seen; i++) {
+    if ((i & 63) === 0 && performance.now() - idleSince > init.spinMs) break;
+    generation = Atomics.load(words, CONTROL.GEN);
+  }
   while (generation === seen) {
     Atomics.wait(words, CONTROL.GEN, seen);
     generation = Atomics.load(words, CONTROL.GEN);
