@@ -777,3 +777,39 @@ export function sgemmSmall(
     smallNN(transA, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Batches: many independent products (attention heads) in one host call, so the thread pool can share
+// them out. The host writes a table of BATCH_ITEM_BYTES records: kind (1 = unpacked path), M, N, K,
+// a, lda, b, ldb, c, ldc as 32-bit words.
+
+const BATCH_ITEM_BYTES: usize = 40;
+
+/** Bytes of one batch table record. */
+export function batchItemBytes(): i32 {
+  return <i32>BATCH_ITEM_BYTES;
+}
+
+/** Runs record `index` of a batch table with the shared transposes and scalars. */
+export function sgemmBatchItem(
+  table: usize,
+  index: i32,
+  transA: bool,
+  transB: bool,
+  alpha: f32,
+  beta: f32,
+  work: usize,
+): void {
+  const p = table + <usize>index * BATCH_ITEM_BYTES;
+  const M = load<i32>(p, 4);
+  const N = load<i32>(p, 8);
+  const K = load<i32>(p, 12);
+  const a = load<u32>(p, 16);
+  const lda = load<i32>(p, 20);
+  const b = load<u32>(p, 24);
+  const ldb = load<i32>(p, 28);
+  const c = load<u32>(p, 32);
+  const ldc = load<i32>(p, 36);
+  if (load<i32>(p) == 1) sgemmSmall(transA, transB, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+  else sgemmPacked(transA, transB, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc, work);
+}

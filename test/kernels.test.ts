@@ -8,6 +8,7 @@ import {
   kernelsModule,
   PlainKernels,
   plainSgemm,
+  sgemmBatch,
   WasmKernels,
 } from "../src/engine/kernels/index.js";
 import { Rng } from "../src/util/rng.js";
@@ -331,4 +332,83 @@ test("idle worker threads do not keep the process alive (no dispose)", () => {
   assert.equal(child.status, 0, child.stderr);
   assert.equal(child.stdout.trim(), "done");
   assert.ok(Date.now() - started < 15000);
+});
+
+test("sgemmBatch equals one sgemm per item, bit for bit, on one thread and on the pool", () => {
+  // Attention-like: per (batch, head) blocks of varying causal length inside shared q/k/p buffers.
+  const T = 48;
+  const D = 24;
+  const onlyWorkers = new WasmKernels(kernelsModule(), { threads: 2, mainThreadWorks: false });
+  assert.ok(onlyWorkers.waitForWorkers(20000), "workers did not start");
+  const lengths = [48, 17, 1, 30, 0, 45];
+  const heads = 3;
+  for (const [transA, transB] of TRANS) {
+    const results: Float32Array[] = [];
+    for (const [kernels, batched] of [
+      [single, false],
+      [single, true],
+      [threaded, true],
+      [onlyWorkers, true],
+    ] as const) {
+      const rng = new Rng(77);
+      const q = kernels.alloc(lengths.length * heads * T * D);
+      const k = kernels.alloc(lengths.length * heads * T * D);
+      const p = kernels.alloc(lengths.length * heads * T * T);
+      randomFill(q, rng);
+      randomFill(k, rng);
+      randomFill(p, rng);
+      const items = [];
+      for (let b = 0; b < lengths.length; b++) {
+        for (let h = 0; h < heads; h++) {
+          const off = (b * heads + h) * T * D;
+          const len = lengths[b];
+          items.push({
+            M: len,
+            N: len,
+            K: D,
+            A: q.subarray(off),
+            B: k.subarray(off),
+            C: p.subarray((b * heads + h) * T * T),
+          });
+        }
+      }
+      if (batched) sgemmBatch(kernels, transA, transB, 0.25, 0.5, items);
+      else
+        for (const it of items) kernels.sgemm(transA, transB, it.M, it.N, it.K, 0.25, it.A, it.B, 0.5, it.C);
+      results.push(p);
+    }
+    assert.deepEqual(results[1], results[0], `batched differs from per-item sgemm (${transA}, ${transB})`);
+    assert.deepEqual(
+      results[2],
+      results[0],
+      `pooled batch differs from per-item sgemm (${transA}, ${transB})`,
+    );
+  }
+  // The plain backend runs the same batch item by item, within fp32 rounding of the WASM result.
+  const plain = new PlainKernels();
+  const A = plain.alloc(6);
+  const B = plain.alloc(6);
+  const C = plain.alloc(4);
+  A.set([1, 2, 3, 4, 5, 6]);
+  B.set([1, 0, 0, 1, 1, 1]);
+  sgemmBatch(plain, false, false, 1, 0, [{ M: 2, N: 2, K: 3, A, B, C }]);
+  assert.deepEqual(Array.from(C), [4, 5, 10, 11]);
+});
+
+test("sgemmBatch rejects outputs that overlap each other or another item's inputs", () => {
+  const kernels = asWasm(single);
+  const x = kernels.alloc(64);
+  const y = kernels.alloc(64);
+  const item = (A: Float32Array, B: Float32Array, C: Float32Array) => ({ M: 2, N: 2, K: 2, A, B, C });
+  assert.throws(
+    () => kernels.sgemmBatch(false, false, 1, 0, [item(x, x, y), item(x, x, y.subarray(3))]),
+    /C of item 1 overlaps C of item 0/,
+  );
+  assert.throws(
+    () => kernels.sgemmBatch(false, false, 1, 0, [item(x, x, y), item(y.subarray(2), x, y.subarray(8))]),
+    /overlaps an input of item 1/,
+  );
+  assert.throws(() => kernels.sgemmBatch(false, false, 1, 0, [item(x, new Float32Array(4), y)]), /B was not/);
+  kernels.sgemmBatch(false, false, 1, 0, []);
+  kernels.sgemmBatch(false, false, 1, 0, [item(x, x, y), item(x, x, y.subarray(4))]);
 });

@@ -3,13 +3,13 @@ import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import { PlainKernels } from "./plain.js";
 import type { Kernels } from "./types.js";
-import { loadKernelsModule, WasmKernels } from "./wasm.js";
+import { type GemmBatchItem, loadKernelsModule, WasmKernels } from "./wasm.js";
 import type { WasmModule } from "./webassembly.js";
 
 export { PlainKernels, plainSgemm } from "./plain.js";
 export type { PoolStats } from "./pool.js";
 export type { Kernels } from "./types.js";
-export type { KernelsExtras, WasmKernelsOptions } from "./wasm.js";
+export type { GemmBatchItem, KernelsExtras, WasmKernelsOptions } from "./wasm.js";
 export { WasmKernels } from "./wasm.js";
 
 /** Options of createKernels. */
@@ -70,4 +70,23 @@ export function createKernels(options: CreateKernelsOptions = {}): CreatedKernel
     return new FallbackKernels(`using plain kernels (slow): ${reason}`);
   }
   return new WasmKernels(module, { threads });
+}
+
+/**
+ * Runs independent products that share transposes and scalars: one thread-pool job on the WASM
+ * backend (see KernelsExtras.sgemmBatch), one sgemm per item on any other. Results are the same.
+ */
+export function sgemmBatch(
+  kernels: Kernels,
+  transA: boolean,
+  transB: boolean,
+  alpha: number,
+  beta: number,
+  items: readonly GemmBatchItem[],
+): void {
+  if (kernels instanceof WasmKernels) {
+    kernels.sgemmBatch(transA, transB, alpha, beta, items);
+    return;
+  }
+  for (const { M, N, K, A, B, C } of items) kernels.sgemm(transA, transB, M, N, K, alpha, A, B, beta, C);
 }

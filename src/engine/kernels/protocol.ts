@@ -50,8 +50,8 @@ export function openValue(generation: number): number {
   return (generation & 0x7ff) << TAG_SHIFT;
 }
 
-/** Job kinds: which wasm entry point a chunk runs. */
-export const JOB_KIND = { PACKED: 0, SMALL: 1 } as const;
+/** Job kinds: which wasm entry point a chunk runs. BATCH: `a` is a batch table, chunk i its record i. */
+export const JOB_KIND = { PACKED: 0, SMALL: 1, BATCH: 2 } as const;
 
 /** Byte length of the control buffer for a pool of `workers` workers. */
 export function controlBytes(workers: number): number {
@@ -63,6 +63,16 @@ export interface KernelExports {
   packedWorkspaceFloats(): number;
   tileRows(): number;
   tileCols(): number;
+  batchItemBytes(): number;
+  sgemmBatchItem(
+    table: number,
+    index: number,
+    transA: number,
+    transB: number,
+    alpha: number,
+    beta: number,
+    work: number,
+  ): void;
   sgemmPacked(
     transA: number,
     transB: number,
@@ -121,6 +131,12 @@ export interface GemmJob {
 
 /** Runs chunk `index` of `job` on an instance of the kernels module with the thread's workspace. */
 export function runChunk(exports: KernelExports, job: GemmJob, index: number, work: number): void {
+  if (job.kind === JOB_KIND.BATCH) {
+    const tA = job.transA ? 1 : 0;
+    const tB = job.transB ? 1 : 0;
+    exports.sgemmBatchItem(job.a, index, tA, tB, job.alpha, job.beta, work);
+    return;
+  }
   const r0 = Math.floor(index / job.colChunks) * job.rowChunk;
   const c0 = (index % job.colChunks) * job.colChunk;
   const M = Math.min(job.rowChunk, job.M - r0);

@@ -16,8 +16,30 @@ export interface WasmKernelsOptions {
   maxPages?: number;
 }
 
+/** One product of a batch: C = alpha * op(A) * op(B) + beta * C with this item's shape and buffers. */
+export interface GemmBatchItem {
+  M: number;
+  N: number;
+  K: number;
+  A: Float32Array;
+  B: Float32Array;
+  C: Float32Array;
+}
+
 /** What the WebAssembly backend offers beyond Kernels; callers that know the backend may use it. */
 export interface KernelsExtras {
+  /**
+   * Runs independent products sharing transposes and scalars (e.g. every attention head of a layer)
+   * as one job, so the threads share them out; each item's C equals what sgemm would give, bit for bit.
+   * No item's C may overlap another item's A, B or C.
+   */
+  sgemmBatch(
+    transA: boolean,
+    transB: boolean,
+    alpha: number,
+    beta: number,
+    items: readonly GemmBatchItem[],
+  ): void;
   /** Threads an sgemm may use, the main thread included. */
   readonly threads: number;
   /** Returns a buffer from alloc() for reuse; the view (and subarrays of it) must not be used again. */
@@ -95,6 +117,9 @@ export class WasmKernels implements Kernels, KernelsExtras {
   private highWater = HEAP_BASE;
   private readonly freeBlocks: FreeBlock[] = [];
   private readonly live = new Map<number, number>();
+  /** Batch table in the shared memory (grown on demand) and its record size in bytes. */
+  private batchTable: Float32Array | undefined;
+  private readonly batchItemBytes: number;
   /** Packing workspace per participating thread (index 0: the main thread). */
   private readonly workspaces: number[] = [];
 
@@ -113,6 +138,7 @@ export class WasmKernels implements Kernels, KernelsExtras {
     this.kernels = instance.exports as unknown as KernelExports;
     this.tileRows = this.kernels.tileRows();
     this.tileCols = this.kernels.tileCols();
+    this.batchItemBytes = this.kernels.batchItemBytes();
     const workBytes = roundUp(this.kernels.packedWorkspaceFloats() * 4, ALIGN);
     for (let t = 0; t < threads; t++) this.workspaces.push(this.reserve(workBytes));
     this.highWater = this.top;
@@ -215,6 +241,78 @@ export class WasmKernels implements Kernels, KernelsExtras {
     else pool.run(this.kernels, job, this.workspaces[0], this.mainThreadWorks);
   }
 
+  /** Runs a batch of independent products as one pool job (see KernelsExtras.sgemmBatch). */
+  sgemmBatch(
+    transA: boolean,
+    transB: boolean,
+    alpha: number,
+    beta: number,
+    items: readonly GemmBatchItem[],
+  ): void {
+    const count = items.length;
+    if (count === 0) return;
+    const words = this.batchTableFor(count);
+    const reads: Range[] = [];
+    const writes: Range[] = [];
+    let macs = 0;
+    for (let i = 0; i < count; i++) {
+      const { M, N, K, A, B, C } = items[i];
+      const where = `item ${i}: `;
+      checkDim(`${where}M`, M);
+      checkDim(`${where}N`, N);
+      checkDim(`${where}K`, K);
+      this.checkOperand(`${where}A`, A, M * K);
+      this.checkOperand(`${where}B`, B, K * N);
+      this.checkOperand(`${where}C`, C, M * N);
+      macs += M * N * K;
+      if (M * N > 0) {
+        writes.push({ start: C.byteOffset, end: C.byteOffset + M * N * 4, item: i });
+        if (M * K > 0) reads.push({ start: A.byteOffset, end: A.byteOffset + M * K * 4, item: i });
+        if (K * N > 0) reads.push({ start: B.byteOffset, end: B.byteOffset + K * N * 4, item: i });
+      }
+      const small = transB ? !transA && M <= SMALL_M_NT : M <= SMALL_M_NN;
+      const w = i * (this.batchItemBytes / 4);
+      words[w] = small ? JOB_KIND.SMALL : JOB_KIND.PACKED;
+      words[w + 1] = M;
+      words[w + 2] = N;
+      words[w + 3] = K;
+      words[w + 4] = A.byteOffset;
+      words[w + 5] = transA ? M : K;
+      words[w + 6] = B.byteOffset;
+      words[w + 7] = transB ? K : N;
+      words[w + 8] = C.byteOffset;
+      words[w + 9] = N;
+    }
+    checkDisjoint(writes, reads);
+    const job: GemmJob = {
+      kind: JOB_KIND.BATCH,
+      transA,
+      transB,
+      M: 0,
+      N: 0,
+      K: 0,
+      alpha,
+      a: words.byteOffset,
+      lda: 0,
+      b: 0,
+      ldb: 0,
+      beta,
+      c: 0,
+      ldc: 0,
+      rowChunk: 0,
+      colChunk: 0,
+      colChunks: 0,
+      chunks: count,
+    };
+    const pool = this.pool;
+    const parallel = pool !== undefined && count > 1 && macs >= PARALLEL_MIN_MACS && pool.useHelpers();
+    if (parallel && pool.readyCount() > 0) {
+      pool.run(this.kernels, job, this.workspaces[0], this.mainThreadWorks);
+    } else {
+      for (let i = 0; i < count; i++) runChunk(this.kernels, job, i, this.workspaces[0]);
+    }
+  }
+
   /** Blocks until every worker can take jobs; false on timeout (see KernelsExtras). */
   waitForWorkers(timeoutMs = 10000): boolean {
     return this.pool === undefined ? true : this.pool.waitUntilReady(timeoutMs);
@@ -234,6 +332,17 @@ export class WasmKernels implements Kernels, KernelsExtras {
   dispose(): void {
     this.pool?.dispose();
     this.pool = undefined;
+  }
+
+  /** A table for `count` batch records (Uint32 words, since addresses may exceed 2 GiB). */
+  private batchTableFor(count: number): Uint32Array {
+    const floats = (count * this.batchItemBytes) / 4;
+    if (this.batchTable === undefined || this.batchTable.length < floats) {
+      if (this.batchTable !== undefined) this.release(this.batchTable);
+      this.batchTable = this.alloc(Math.max(floats, 2 * (this.batchTable?.length ?? 0)));
+    }
+    const table = this.batchTable;
+    return new Uint32Array(table.buffer, table.byteOffset, floats);
   }
 
   private checkOperand(label: string, view: Float32Array, needed: number): void {
@@ -331,5 +440,35 @@ function checkNoOverlap(label: string, X: Float32Array, xLen: number, C: Float32
   const c0 = C.byteOffset;
   if (x0 < c0 + cLen * 4 && c0 < x0 + xLen * 4) {
     throw new Error(`sgemm: C overlaps ${label}; the output must be a separate buffer`);
+  }
+}
+
+interface Range {
+  start: number;
+  end: number;
+  item: number;
+}
+
+/** Throws if two outputs overlap, or an output overlaps an input (of its own item or another). */
+function checkDisjoint(writes: Range[], reads: Range[]): void {
+  writes.sort((x, y) => x.start - y.start);
+  for (let i = 1; i < writes.length; i++) {
+    if (writes[i].start < writes[i - 1].end) {
+      throw new Error(`sgemmBatch: C of item ${writes[i].item} overlaps C of item ${writes[i - 1].item}`);
+    }
+  }
+  for (const read of reads) {
+    // The last output starting before this input ends is the only one that can overlap it.
+    let lo = 0;
+    let hi = writes.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (writes[mid].start < read.end) lo = mid + 1;
+      else hi = mid;
+    }
+    const candidate = writes[lo - 1];
+    if (candidate !== undefined && candidate.end > read.start) {
+      throw new Error(`sgemmBatch: C of item ${candidate.item} overlaps an input of item ${read.item}`);
+    }
   }
 }
