@@ -16,6 +16,7 @@ const commandModules = [
   "sample",
   "serve",
   "sft",
+  "tables",
   "tokenizer",
   "train",
   "world",
