@@ -4,12 +4,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
+import fc from "fast-check";
 import { encodeChat } from "../src/engine/chat.js";
 import { PlainKernels } from "../src/engine/kernels/plain.js";
 import { type LoadedModelDir, loadModelDir } from "../src/engine/load.js";
 import { generateTokens } from "../src/engine/sampler.js";
 import { byteToChar } from "../src/engine/tokenizer.js";
 import { type ServerHandle, startServer } from "../src/serve/server.js";
+import { IncrementalText } from "../src/serve/text.js";
 import {
   bin,
   type ErrorBody,
@@ -560,4 +562,38 @@ test("SIGTERM: the CLI finishes the in-flight request, then exits 0 and stops li
   assert.equal(code, 0, stderr);
   assert.match(stderr, /SIGTERM: finishing in-flight requests/);
   await assert.rejects(fetch(`${url}/models`), "the port is closed after exit");
+});
+
+test("IncrementalText: deltas add up to the text cut at the first stop string, never showing part of one", () => {
+  const { tokenizer } = reference;
+  // Bytes of multi-byte characters split across tokens, and special tokens that decode to nothing.
+  const pieces = ["a", "b", "ab", "é", "€", "😀", " ", "\n"];
+  const idsOf = (text: string) =>
+    Array.from(Buffer.from(text, "utf8")).map((b) => tokenizer.tokenToId(byteToChar(b))!);
+  fc.assert(
+    fc.property(
+      fc.array(fc.constantFrom(...pieces), { maxLength: 20 }),
+      fc.array(fc.array(fc.constantFrom(...pieces), { minLength: 1, maxLength: 3 }), { maxLength: 2 }),
+      fc.boolean(),
+      (parts, stopParts, withSpecial) => {
+        const full = parts.join("");
+        const stops = stopParts.map((p) => p.join(""));
+        const ids = idsOf(full);
+        if (withSpecial) ids.splice(ids.length >> 1, 0, tokenizer.imEndId);
+        const text = new IncrementalText(tokenizer, stops);
+        let shown = "";
+        for (const id of ids) {
+          shown += text.push(id);
+          for (const stop of stops) assert.ok(!shown.includes(stop), "a stop string is never shown");
+          if (text.stopped) break;
+        }
+        shown += text.finish();
+        const cuts = stops.map((stop) => full.indexOf(stop)).filter((at) => at >= 0);
+        const expected = cuts.length === 0 ? full : full.slice(0, Math.min(...cuts));
+        assert.equal(shown, expected);
+        assert.equal(text.shown, expected);
+      },
+    ),
+    { seed: 7, numRuns: 300 },
+  );
 });
