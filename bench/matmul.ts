@@ -1,9 +1,11 @@
 /**
  * sgemm throughput: GFLOP/s of the plain reference, the WASM SIMD kernels on one thread, and on every
  * core, at 512^3 and at the shapes a training step and a decode step of the engine's presets run.
- * Usage: node dist/bench/matmul.js   (prints one JSON document; best of several timed runs per cell)
+ * Usage: node dist/bench/matmul.js   (prints one JSON document; best of several timed runs per cell;
+ * cpusAvailable says how many CPUs the process could actually use around the run, see probeCpus)
  */
 import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
 import { createKernels, type Kernels, PlainKernels, WasmKernels } from "../src/engine/kernels/index.js";
 
 interface Shape {
@@ -66,7 +68,26 @@ function measure(kernels: Kernels, shape: Shape, runs: number, minMs: number): n
   return Math.round(best * 10) / 10;
 }
 
+/**
+ * CPUs this process actually gets right now: every thread spins for `ms` and we divide the process's
+ * CPU time by the wall time. On a shared or oversubscribed machine this is below the core count, and
+ * the multi-threaded figures must be read against it.
+ */
+async function probeCpus(threads: number, ms: number): Promise<number> {
+  const spin = `const end = Date.now() + ${ms}; while (Date.now() < end);`;
+  const workers = Array.from({ length: threads - 1 }, () => new Worker(spin, { eval: true }));
+  await Promise.all(workers.map((w) => new Promise((resolve) => w.once("online", resolve))));
+  const cpu0 = process.cpuUsage();
+  const start = performance.now();
+  const end = Date.now() + ms;
+  while (Date.now() < end);
+  await Promise.all(workers.map((w) => new Promise((resolve) => w.once("exit", resolve))));
+  const used = process.cpuUsage(cpu0);
+  return Math.round(((used.user + used.system) / 1000 / (performance.now() - start)) * 100) / 100;
+}
+
 const threads = availableParallelism();
+const cpusBefore = await probeCpus(threads, 300);
 const plain = new PlainKernels();
 const one = createKernels({ backend: "wasm", threads: 1 });
 const all = createKernels({ backend: "wasm", threads });
@@ -89,6 +110,10 @@ const results = SHAPES.map((shape) => {
   };
 });
 const pool = all instanceof WasmKernels ? all.poolStatistics() : undefined;
+const cpusAfter = await probeCpus(threads, 300);
 one.dispose();
 all.dispose();
-console.log(JSON.stringify({ bench: "matmul", node: process.version, threads, results, pool }, null, 2));
+const cpusAvailable = { before: cpusBefore, after: cpusAfter };
+console.log(
+  JSON.stringify({ bench: "matmul", node: process.version, threads, cpusAvailable, results, pool }, null, 2),
+);
