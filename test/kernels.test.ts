@@ -301,6 +301,7 @@ test("createKernels: plain on request, and auto falls back to plain with a warni
     () => createKernels({ backend: "wasm", wasmPath: "/nonexistent/kernels.wasm" }),
     /WASM kernels unavailable/,
   );
+  assert.throws(() => createKernels({ threads: 0 }), RangeError);
   const auto = createKernels({ threads: 1 });
   assert.equal(auto.warning, undefined);
   assert.equal(auto.name, "wasm-simd x1 thread");

@@ -61,15 +61,17 @@ export function createKernels(options: CreateKernelsOptions = {}): CreatedKernel
   const backend = options.backend ?? "auto";
   if (backend === "plain") return new PlainKernels();
   const threads = options.threads ?? availableParallelism();
-  let module: WasmModule;
+  if (!Number.isInteger(threads) || threads < 1) {
+    throw new RangeError(`threads must be a positive integer, got ${threads}`);
+  }
   try {
-    module = kernelsModule(options.wasmPath ?? defaultWasmPath());
+    return new WasmKernels(kernelsModule(options.wasmPath ?? defaultWasmPath()), { threads });
   } catch (error) {
+    // A missing build, a runtime without SIMD or without shared WebAssembly memory.
     const reason = error instanceof Error ? error.message : String(error);
     if (backend === "wasm") throw new Error(`WASM kernels unavailable: ${reason}`);
     return new FallbackKernels(`using plain kernels (slow): ${reason}`);
   }
-  return new WasmKernels(module, { threads });
 }
 
 /**
