@@ -38,7 +38,6 @@ export function tileCols(): i32 {
 // ---------------------------------------------------------------------------------------------------
 // Packing. A(i, k) lives at a + 4 * (i * rsA + k * csA): (rsA, csA) = (lda, 1) plain, (1, lda) transposed.
 
-@inline
 function transpose4(r0: v128, r1: v128, r2: v128, r3: v128, dst: usize, stride: usize): void {
   const t0 = f32x4.shuffle(r0, r1, 0, 4, 1, 5);
   const t1 = f32x4.shuffle(r0, r1, 2, 6, 3, 7);
@@ -141,7 +140,6 @@ function packB(transB: bool, b: usize, ldb: i32, k0: i32, j0: i32, kc: i32, nc: 
 // ---------------------------------------------------------------------------------------------------
 // Micro-kernel: C[0:mr, 0:nr] = alpha * (Apanel * Bpanel) + beta * C (beta == 0: C is never read).
 
-@inline
 function update(acc: v128, c: usize, alpha: v128, beta: v128, overwrite: bool): void {
   if (overwrite) v128.store(c, f32x4.mul(alpha, acc));
   else v128.store(c, f32x4.add(f32x4.mul(alpha, acc), f32x4.mul(beta, v128.load(c))));
@@ -313,7 +311,6 @@ export function sgemmPacked(
 // Skinny M (decode steps, a few sequences): packing B would cost as much as the product, so these
 // stream B in place. A is read in place too (strided when transposed, which is cheap for so few rows).
 
-@inline
 function hsum(v: v128): f32 {
   return (
     f32x4.extract_lane(v, 0) +
@@ -322,14 +319,12 @@ function hsum(v: v128): f32 {
   );
 }
 
-@inline
 function finish(p: usize, s: f32, alpha: f32, beta: f32): void {
   if (beta == 0) store<f32>(p, alpha * s);
   else store<f32>(p, alpha * s + beta * load<f32>(p));
 }
 
 /** One element of A B^T for a row of A and a row of B, both contiguous over K. */
-@inline
 function dot1(a: usize, b: usize, K: i32): f32 {
   let acc = f32x4.splat(0);
   let k = 0;
