@@ -6,7 +6,14 @@
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { createKernels, type Kernels, PlainKernels, WasmKernels } from "../src/engine/kernels/index.js";
+import {
+  createKernels,
+  type GemmBatchItem,
+  type Kernels,
+  PlainKernels,
+  sgemmBatch,
+  WasmKernels,
+} from "../src/engine/kernels/index.js";
 
 interface Shape {
   label: string;
@@ -109,11 +116,74 @@ const results = SHAPES.map((shape) => {
     },
   };
 });
+/** Attention scores q k^T of every (sequence, head) of a preset's layer: a loop of sgemm vs one batch. */
+interface AttentionShape {
+  label: string;
+  B: number;
+  H: number;
+  T: number;
+  D: number;
+}
+const ATTENTION: AttentionShape[] = [
+  { label: "S scores 8x4 heads, T 64, D 32", B: 8, H: 4, T: 64, D: 32 },
+  { label: "L scores 8x8 heads, T 128, D 64", B: 8, H: 8, T: 128, D: 64 },
+];
+
+/** Best GFLOP/s of all heads' q k^T, one sgemm per head (`batched` false) or one sgemmBatch. */
+function measureAttention(kernels: Kernels, shape: AttentionShape, batched: boolean): number {
+  const { B, H, T, D } = shape;
+  const q = kernels.alloc(B * H * T * D);
+  const k = kernels.alloc(B * H * T * D);
+  const p = kernels.alloc(B * H * T * T);
+  fill(q, 3);
+  fill(k, 4);
+  const items: GemmBatchItem[] = [];
+  for (let i = 0; i < B * H; i++) {
+    items.push({
+      M: T,
+      N: T,
+      K: D,
+      A: q.subarray(i * T * D),
+      B: k.subarray(i * T * D),
+      C: p.subarray(i * T * T),
+    });
+  }
+  const call = (): void => {
+    if (batched) sgemmBatch(kernels, false, true, 1, 0, items);
+    else for (const it of items) kernels.sgemm(false, true, T, T, D, 1, it.A, it.B, 0, it.C);
+  };
+  let best = 0;
+  for (let r = 0; r < 6; r++) {
+    let calls = 0;
+    const start = performance.now();
+    let elapsed = 0;
+    do {
+      call();
+      calls++;
+      elapsed = performance.now() - start;
+    } while (elapsed < 100);
+    best = Math.max(best, (2 * B * H * T * T * D * calls) / (elapsed / 1000) / 1e9);
+  }
+  return Math.round(best * 10) / 10;
+}
+
+const attention = ATTENTION.map((shape) => ({
+  shape: shape.label,
+  gflops: {
+    wasm1: measureAttention(one, shape, false),
+    [`wasm${threads}`]: measureAttention(all, shape, false),
+    [`wasm${threads} batched`]: measureAttention(all, shape, true),
+  },
+}));
 const pool = all instanceof WasmKernels ? all.poolStatistics() : undefined;
 const cpusAfter = await probeCpus(threads, 300);
 one.dispose();
 all.dispose();
 const cpusAvailable = { before: cpusBefore, after: cpusAfter };
 console.log(
-  JSON.stringify({ bench: "matmul", node: process.version, threads, cpusAvailable, results, pool }, null, 2),
+  JSON.stringify(
+    { bench: "matmul", node: process.version, threads, cpusAvailable, results, attention, pool },
+    null,
+    2,
+  ),
 );
