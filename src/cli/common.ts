@@ -1,4 +1,5 @@
 import { SingleBar } from "cli-progress";
+import { type CreatedKernels, createKernels } from "../engine/kernels/index.js";
 import { UserError } from "../util/errors.js";
 
 /** Parses an integer flag value, naming the flag in the error. */
@@ -71,4 +72,29 @@ export function progressBar(options: { force?: boolean } = {}): ProgressReporter
       bar = null;
     },
   };
+}
+
+/** The kernel backends a `--backend` flag may name. */
+export const BACKENDS = ["auto", "wasm", "plain"] as const;
+/** One of BACKENDS. */
+export type Backend = (typeof BACKENDS)[number];
+
+/** Validates a `--backend` flag value, naming the flag in the error. */
+export function parseBackend(value: string): Backend {
+  if (!(BACKENDS as readonly string[]).includes(value))
+    throw new UserError(`--backend: expected one of ${BACKENDS.join(", ")}, got '${value}'`);
+  return value as Backend;
+}
+
+/** Creates the kernels a `--backend` flag names; a fallback to the plain path is said on stderr. */
+export function openKernels(backend: string, threads?: number): CreatedKernels {
+  const name = parseBackend(backend);
+  let kernels: CreatedKernels;
+  try {
+    kernels = createKernels(threads === undefined ? { backend: name } : { backend: name, threads });
+  } catch (err) {
+    throw new UserError(`--backend ${name}: ${(err as Error).message}`);
+  }
+  if (kernels.warning) process.stderr.write(`selfsteer: ${kernels.warning}\n`);
+  return kernels;
 }

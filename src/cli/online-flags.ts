@@ -1,5 +1,4 @@
 import { type Command, Option } from "commander";
-import { createKernels } from "../engine/kernels/index.js";
 import { type ExperimentConfig, ONLINE_DEFAULTS, runExperiment } from "../run/experiment.js";
 import {
   type IterationMetrics,
@@ -10,7 +9,7 @@ import {
 } from "../run/online.js";
 import type { RunReport } from "../run/report.js";
 import { UserError } from "../util/errors.js";
-import { parseIntFlag, parseNumberFlag } from "./common.js";
+import { openKernels, parseIntFlag, parseNumberFlag } from "./common.js";
 
 /** Adds the flags shared by `iterate`, `demo` and `experiment`, with the given defaults. */
 export function addOnlineFlags(
@@ -105,8 +104,7 @@ export async function runFromFlags(
   commandLine: string,
   print: (line: string) => void,
 ): Promise<RunReport> {
-  const kernels = createKernels({ backend: backend as "auto" | "wasm" | "plain" });
-  if (kernels.warning) print(`note: ${kernels.warning}`);
+  const kernels = openKernels(backend);
   const started = Date.now();
   print(ITERATION_HEADER);
   let lastStage = "";

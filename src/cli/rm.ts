@@ -36,10 +36,15 @@ import {
 import { UserError } from "../util/errors.js";
 import { readJsonFile, writeFileAtomic } from "../util/fsio.js";
 import { Rng } from "../util/rng.js";
-import { parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
-
-const BACKENDS = ["auto", "wasm", "plain"] as const;
-type Backend = (typeof BACKENDS)[number];
+import {
+  BACKENDS,
+  openKernels,
+  parseBackend,
+  parseIntFlag,
+  parseNumberFlag,
+  printJson,
+  progressBar,
+} from "./common.js";
 
 /** What trainer_state.json's `extra` holds for a reward-model run. */
 const RM_STATE_KIND = "selfsteer-reward-model";
@@ -65,23 +70,6 @@ const RmStateExtraSchema = z.object({
   recent: z.object({ loss: z.number().nullable(), accuracy: z.number().nullable() }),
 });
 type RmStateExtra = z.infer<typeof RmStateExtraSchema>;
-
-function parseBackend(value: string): Backend {
-  if (!(BACKENDS as readonly string[]).includes(value))
-    throw new UserError(`--backend: expected one of ${BACKENDS.join(", ")}, got '${value}'`);
-  return value as Backend;
-}
-
-function openKernels(backend: Backend): CreatedKernels {
-  let kernels: CreatedKernels;
-  try {
-    kernels = createKernels({ backend });
-  } catch (err) {
-    throw new UserError(`--backend ${backend}: ${(err as Error).message}`);
-  }
-  if (kernels.warning) process.stderr.write(`selfsteer: ${kernels.warning}\n`);
-  return kernels;
-}
 
 function tokenizerOf(dir: string, ckpt: LoadedCheckpoint): BpeTokenizer {
   if (ckpt.tokenizerJson === undefined)

@@ -1,7 +1,6 @@
 import type { Command } from "commander";
-import { createKernels } from "../engine/kernels/index.js";
 import { offlineTable, rewardModelTable } from "../run/tables.js";
-import { parseIntFlag, parseNumberFlag } from "./common.js";
+import { openKernels, parseIntFlag, parseNumberFlag } from "./common.js";
 
 function seedsOf(flag: string): number[] {
   return flag.split(",").map((s) => parseIntFlag("--seeds", s.trim(), 0));
@@ -26,7 +25,7 @@ export function register(program: Command): void {
     .option("--eval-queries <n>", "held-out queries", "70")
     .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
     .action(async (o: Record<string, string>) => {
-      const kernels = createKernels({ backend: o.backend as "auto" | "wasm" | "plain" });
+      const kernels = openKernels(o.backend);
       try {
         await offlineTable(
           {
@@ -69,7 +68,7 @@ export function register(program: Command): void {
     .option("--per-subset <n>", "suite rows per subset", "40")
     .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
     .action(async (o: Record<string, string>) => {
-      const kernels = createKernels({ backend: o.backend as "auto" | "wasm" | "plain" });
+      const kernels = openKernels(o.backend);
       try {
         await rewardModelTable(
           {

@@ -4,14 +4,13 @@ import { type Command, Option } from "commander";
 import { z } from "zod";
 import { tokenizerConfigJson } from "../engine/chat.js";
 import { loadCheckpoint, loadTrainerState, saveCheckpoint, saveTrainerState } from "../engine/checkpoint.js";
-import { createKernels } from "../engine/kernels/index.js";
 import { loadModelDir } from "../engine/load.js";
 import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import { LOSS_NAMES, objectiveConfigSchema } from "../sso/objective.js";
 import { type PreferenceRecord, requiredKeys, scoreRecords, trainPreference } from "../train/preference.js";
 import { formatPath, UserError } from "../util/errors.js";
 import { readJsonl } from "../util/jsonl.js";
-import { parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
+import { openKernels, parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
 
 const RecordLineSchema = z.object({
   instruction: z.string(),
@@ -91,7 +90,7 @@ export function register(program: Command): void {
       if (records.length === 0) throw new UserError(`${s("data")}: no records`);
       const out = s("out");
       const partial = join(out, "partial");
-      const kernels = createKernels({ backend: s("backend") as "auto" | "wasm" | "plain" });
+      const kernels = openKernels(s("backend"));
       try {
         const { model, tokenizer } = loadModelDir(s("model"), { kernels, scoreHead: false });
         const seqOptions = {

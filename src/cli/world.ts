@@ -1,14 +1,13 @@
 import { existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Command } from "commander";
-import { createKernels } from "../engine/kernels/index.js";
 import { trainWorldBase, WORLD_BASE_DEFAULTS, type WorldBaseOptions } from "../run/base.js";
 import { writeFileAtomic } from "../util/fsio.js";
 import { Rng } from "../util/rng.js";
 import { buildSftCorpus, offPolicyPairs } from "../world/corpus.js";
 import { buildRewardBench, REWARDBENCH_SECTIONS } from "../world/rewardbench.js";
 import { evalQueries, trainQueries } from "../world/tasks.js";
-import { parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
+import { openKernels, parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
 
 function jsonl(rows: unknown[]): string {
   return rows.map((r) => JSON.stringify(r)).join("\n") + (rows.length > 0 ? "\n" : "");
@@ -70,9 +69,7 @@ export function register(program: Command): void {
         return;
       }
       if (o.force === true) rmSync(marker, { force: true });
-      const backend = str("backend") as "auto" | "wasm" | "plain";
-      const kernels = createKernels({ backend });
-      if (kernels.warning) process.stderr.write(`world sft: ${kernels.warning}\n`);
+      const kernels = openKernels(str("backend"));
       const bar = progressBar();
       let started = false;
       let tokens = 0;
