@@ -13,7 +13,7 @@ import {
   type TrainerState,
 } from "../engine/checkpoint.js";
 import type { LlamaConfig } from "../engine/config.js";
-import { type CreatedKernels, createKernels } from "../engine/kernels/index.js";
+import type { CreatedKernels } from "../engine/kernels/index.js";
 import { type LoadedModelDir, loadModelDir } from "../engine/load.js";
 import { LlamaModel } from "../engine/model.js";
 import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
