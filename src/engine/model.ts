@@ -186,12 +186,28 @@ class Carver {
   }
 }
 
-/** Allocates a set of buffers in one piece: `plan` is called twice, first to measure, then to carve. */
-function carveArena<T>(kernels: Kernels, plan: (take: (length: number) => Float32Array) => T): T {
+/**
+ * Allocates a set of buffers in one piece: `plan` is called twice, first to measure, then to carve.
+ * The piece it replaces (if any) goes back to the kernels, so an arena that grows step by step (longer
+ * and longer batches) does not pile up kernel memory, which is never garbage-collected.
+ */
+function carveArena<T>(
+  kernels: Kernels,
+  previous: Float32Array | null,
+  plan: (take: (length: number) => Float32Array) => T,
+): { layout: T; buffer: Float32Array } {
   const dry = new Carver(null);
   plan((n) => dry.take(n));
-  const real = new Carver(kernels.alloc(Math.max(dry.offset, 1)));
-  return plan((n) => real.take(n));
+  releaseBuffer(kernels, previous);
+  const buffer = kernels.alloc(Math.max(dry.offset, 1));
+  const real = new Carver(buffer);
+  return { layout: plan((n) => real.take(n)), buffer };
+}
+
+/** Returns a buffer to kernels that can reuse memory (the WASM heap); a no-op elsewhere (GC frees it). */
+function releaseBuffer(kernels: Kernels, buffer: Float32Array | null): void {
+  const releasable = kernels as Kernels & { release?: (view: Float32Array) => void };
+  if (buffer !== null && typeof releasable.release === "function") releasable.release(buffer);
 }
 
 /** A Llama decoder with parameters, gradients and activations in kernel memory. */
@@ -214,6 +230,8 @@ export class LlamaModel {
   private readonly weights: LayerWeights[];
   private readonly gradWeights: LayerWeights[];
   private acts: Activations | null = null;
+  /** The one kernel buffer all activations are carved from (released when the arena grows). */
+  private actsBuffer: Float32Array | null = null;
   private pending: Pending | null = null;
   private decode: DecodeWorkspace | null = null;
   private decodeFloats = 0;
@@ -364,7 +382,7 @@ export class LlamaModel {
     const S = Math.max(square, a?.scoresSquare ?? 0);
     const { hidden: C, intermediate: I, vocab: V } = d;
     const V_ = this.hasLmHead ? V : 0;
-    this.acts = carveArena(this.kernels, (take) => ({
+    const carved = carveArena(this.kernels, this.actsBuffer, (take) => ({
       tokens: N,
       probsPerLayer: P,
       scoresSquare: S,
@@ -401,6 +419,8 @@ export class LlamaModel {
       dH: take(N * I),
       dLogits: take(N * V_),
     }));
+    this.acts = carved.layout;
+    this.actsBuffer = carved.buffer;
     this.pending = null;
   }
 
@@ -698,6 +718,7 @@ export class LlamaModel {
     const dry = new Carver(null);
     plan((n) => dry.take(n));
     if (this.decodeArena === null || dry.offset > this.decodeFloats) {
+      releaseBuffer(this.kernels, this.decodeArena);
       this.decodeArena = this.kernels.alloc(dry.offset);
       this.decodeFloats = dry.offset;
     }
