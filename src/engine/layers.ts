@@ -6,6 +6,7 @@
  * Matrix products go through `Kernels.sgemm`, so every buffer given to them must come from that
  * backend's `alloc()` (or be a subarray of such a buffer).
  */
+import { type GemmBatchItem, sgemmBatch } from "./kernels/index.js";
 import type { Kernels } from "./kernels/types.js";
 
 /** 2^k for k in [-150, 149], indexed k + 150. */
@@ -328,7 +329,8 @@ export function ropeRowInPlace(
 // q [B, H, T, D], k, v [B, KVH, T, D] (RoPE already applied) -> out [B, H, T, D], probs [B, H, T*T].
 // Query head h reads kv head floor(h / (H/KVH)) (HF repeat_kv). Row b attends only within its first
 // len = lengths[b] positions; probs of (b, h) is a dense [len, len] block at offset (b*H + h)*T*T with
-// zeros above the diagonal; out rows t >= len are zero.
+// zeros above the diagonal; out rows t >= len are zero. The (b, h) products of a layer are small
+// (len x len x D), so each of the two products runs as one batch the kernel threads share.
 /** softmax(q k^T / sqrt(D) + causal mask) v, per batch row and head. */
 export function attentionForward(
   kernels: Kernels,
@@ -346,6 +348,8 @@ export function attentionForward(
 ): void {
   const rep = H / KVH;
   const scale = 1 / Math.sqrt(D);
+  const scores: GemmBatchItem[] = [];
+  const weighted: GemmBatchItem[] = [];
   for (let b = 0; b < B; b++) {
     const len = lengths[b];
     for (let h = 0; h < H; h++) {
@@ -355,11 +359,13 @@ export function attentionForward(
       out.fill(0, qOff + len * D, qOff + T * D);
       if (len === 0) continue;
       const p = probs.subarray(pOff, pOff + len * len);
-      kernels.sgemm(false, true, len, len, D, scale, q.subarray(qOff), k.subarray(kvOff), 0, p);
-      causalSoftmaxInPlace(p, len);
-      kernels.sgemm(false, false, len, D, len, 1, p, v.subarray(kvOff), 0, out.subarray(qOff));
+      scores.push({ M: len, N: len, K: D, A: q.subarray(qOff), B: k.subarray(kvOff), C: p });
+      weighted.push({ M: len, N: D, K: len, A: p, B: v.subarray(kvOff), C: out.subarray(qOff) });
     }
   }
+  sgemmBatch(kernels, false, true, scale, 0, scores);
+  for (const item of scores) causalSoftmaxInPlace(item.C, item.M);
+  sgemmBatch(kernels, false, false, 1, 0, weighted);
 }
 
 /** Row-wise softmax of a [len, len] score block over j <= i, zeroing j > i. */
@@ -381,9 +387,12 @@ function causalSoftmaxInPlace(p: Float32Array, len: number): void {
 }
 
 // dout [B, H, T, D] -> dq [B, H, T, D] (overwritten), dk, dv [B, KVH, T, D] (overwritten; the query
-// heads sharing a kv head are summed). dscores is a scratch of at least T*T floats.
+// heads sharing a kv head are summed). dscores is a scratch of at least T*T floats; B*H*T*T lets every
+// head of the layer run in one batch per product (smaller scratches run as many heads as fit).
 //   dP = dO V^T,  dS_ij = P_ij (dP_ij - sum_k P_ik dP_ik),  dQ = dS K / sqrt(D),
 //   dK = dS^T Q / sqrt(D),  dV = P^T dO.
+// dK and dV accumulate over the rep query heads of a kv head, so they run one batch per head index r
+// within the group: no two items of a batch share an output.
 /** Backward of attentionForward. */
 export function attentionBackward(
   kernels: Kernels,
@@ -403,10 +412,32 @@ export function attentionBackward(
   D: number,
   lengths: Int32Array,
 ): void {
+  if (dscores.length < T * T) throw new Error(`dscores has ${dscores.length} floats, needs ${T * T}`);
   const rep = H / KVH;
   const scale = 1 / Math.sqrt(D);
   dk.fill(0, 0, B * KVH * T * D);
   dv.fill(0, 0, B * KVH * T * D);
+  const dP: GemmBatchItem[] = [];
+  const blocks: Float32Array[] = [];
+  const dQ: GemmBatchItem[] = [];
+  const dV: GemmBatchItem[][] = Array.from({ length: rep }, () => []);
+  const dK: GemmBatchItem[][] = Array.from({ length: rep }, () => []);
+  let used = 0;
+  const flush = (): void => {
+    sgemmBatch(kernels, false, true, 1, 0, dP);
+    for (let i = 0; i < dP.length; i++) softmaxBackwardInPlace(dP[i].C, blocks[i], dP[i].M);
+    for (let r = 0; r < rep; r++) sgemmBatch(kernels, true, false, 1, 1, dV[r]);
+    sgemmBatch(kernels, false, false, scale, 0, dQ);
+    for (let r = 0; r < rep; r++) sgemmBatch(kernels, true, false, scale, 1, dK[r]);
+    dP.length = 0;
+    blocks.length = 0;
+    dQ.length = 0;
+    for (let r = 0; r < rep; r++) {
+      dV[r].length = 0;
+      dK[r].length = 0;
+    }
+    used = 0;
+  };
   for (let b = 0; b < B; b++) {
     const len = lengths[b];
     for (let h = 0; h < H; h++) {
@@ -415,21 +446,31 @@ export function attentionBackward(
       const pOff = (b * H + h) * T * T;
       dq.fill(0, qOff + len * D, qOff + T * D);
       if (len === 0) continue;
+      if (used + len * len > dscores.length) flush();
       const p = probs.subarray(pOff, pOff + len * len);
-      const ds = dscores.subarray(0, len * len);
+      const ds = dscores.subarray(used, used + len * len);
+      used += len * len;
       const dO = dout.subarray(qOff);
-      kernels.sgemm(false, true, len, len, D, 1, dO, v.subarray(kvOff), 0, ds);
-      for (let i = 0; i < len; i++) {
-        const row = i * len;
-        let dot = 0;
-        for (let j = 0; j <= i; j++) dot += p[row + j] * ds[row + j];
-        for (let j = 0; j <= i; j++) ds[row + j] = p[row + j] * (ds[row + j] - dot);
-        for (let j = i + 1; j < len; j++) ds[row + j] = 0;
-      }
-      kernels.sgemm(true, false, len, D, len, 1, p, dO, 1, dv.subarray(kvOff));
-      kernels.sgemm(false, false, len, D, len, scale, ds, k.subarray(kvOff), 0, dq.subarray(qOff));
-      kernels.sgemm(true, false, len, D, len, scale, ds, q.subarray(qOff), 1, dk.subarray(kvOff));
+      dP.push({ M: len, N: len, K: D, A: dO, B: v.subarray(kvOff), C: ds });
+      blocks.push(p);
+      dQ.push({ M: len, N: D, K: len, A: ds, B: k.subarray(kvOff), C: dq.subarray(qOff) });
+      const r = h % rep;
+      dV[r].push({ M: len, N: D, K: len, A: p, B: dO, C: dv.subarray(kvOff) });
+      dK[r].push({ M: len, N: D, K: len, A: ds, B: q.subarray(qOff), C: dk.subarray(kvOff) });
     }
+  }
+  flush();
+}
+
+// p, ds [len, len] (ds holds dP) -> ds = P (dP - rowsum(P dP)) below the diagonal, 0 above.
+/** The causal softmax's backward, in place on one head's block. */
+function softmaxBackwardInPlace(ds: Float32Array, p: Float32Array, len: number): void {
+  for (let i = 0; i < len; i++) {
+    const row = i * len;
+    let dot = 0;
+    for (let j = 0; j <= i; j++) dot += p[row + j] * ds[row + j];
+    for (let j = 0; j <= i; j++) ds[row + j] = p[row + j] * (ds[row + j] - dot);
+    for (let j = i + 1; j < len; j++) ds[row + j] = 0;
   }
 }
 

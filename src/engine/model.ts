@@ -115,7 +115,7 @@ interface Activations {
   dk: Float32Array; // [B, KVH, T, D]
   dv: Float32Array; // [B, KVH, T, D]
   dAttn: Float32Array; // [N, qDim]
-  dScores: Float32Array; // [T*T]
+  dScores: Float32Array; // [B, H, T*T] like probs
   dGu: Float32Array; // [N, 2I]
   dH: Float32Array; // [N, I]
   dLogits: Float32Array; // [N, V]
@@ -414,7 +414,7 @@ export class LlamaModel {
       dk: take(N * this.kvDim),
       dv: take(N * this.kvDim),
       dAttn: take(N * this.qDim),
-      dScores: take(S),
+      dScores: take(P),
       dGu: take(N * 2 * I),
       dH: take(N * I),
       dLogits: take(N * V_),
