@@ -808,3 +808,106 @@ export function sgemmBatchItem(
   if (load<i32>(p) == 1) sgemmSmall(transA, transB, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
   else sgemmPacked(transA, transB, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc, work);
 }
+
+// ---------------------------------------------------------------------------------------------------
+// SwiGLU: h = silu(gate) * up with gate | up side by side in each row of gu [N, 2I]. Four lanes at a
+// time; a row's tail goes through the same vector code on one lane, so every element is the same fp32
+// sequence wherever it sits (forward and recompute agree bit for bit).
+
+/**
+ * exp(x) in fp32 lanes: 2^k e^r, |r| <= ln2/2, degree-6 Taylor (relative error ~2e-7); NaN stays NaN,
+ * x above ~88.03 gives +Infinity (k = 128 makes the scale's exponent all ones), x below -87.3 about 1e-38.
+ */
+function expLanes(x: v128): v128 {
+  const clamped = f32x4.max(f32x4.min(x, f32x4.splat(89.0)), f32x4.splat(-87.3));
+  const k = f32x4.nearest(f32x4.mul(clamped, f32x4.splat(1.44269504)));
+  let r = f32x4.sub(clamped, f32x4.mul(k, f32x4.splat(0.693359375)));
+  r = f32x4.sub(r, f32x4.mul(k, f32x4.splat(-2.12194440e-4)));
+  let p = f32x4.splat(1.0 / 720.0);
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.0 / 120.0));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.0 / 24.0));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.0 / 6.0));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(0.5));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.0));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.0));
+  const scale = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(k), i32x4.splat(127)), 23);
+  return f32x4.mul(p, scale);
+}
+
+/** h [N, I] = silu(gate) * up, sig [N, I] = sigmoid(gate), gu [N, 2I]; byte addresses. */
+export function swigluForward(h: usize, sig: usize, gu: usize, N: i32, I: i32): void {
+  const one = f32x4.splat(1.0);
+  for (let n = 0; n < N; n++) {
+    const g0 = gu + <usize>n * 8 * <usize>I;
+    const u0 = g0 + 4 * <usize>I;
+    const h0 = h + <usize>n * 4 * <usize>I;
+    const s0 = sig + <usize>n * 4 * <usize>I;
+    let i = 0;
+    for (; i + 4 <= I; i += 4) {
+      const o = <usize>i * 4;
+      const g = v128.load(g0 + o);
+      const s = f32x4.div(one, f32x4.add(one, expLanes(f32x4.neg(g))));
+      v128.store(s0 + o, s);
+      v128.store(h0 + o, f32x4.mul(f32x4.mul(g, s), v128.load(u0 + o)));
+    }
+    for (; i < I; i++) {
+      const o = <usize>i * 4;
+      const g = f32x4.splat(load<f32>(g0 + o));
+      const s = f32x4.div(one, f32x4.add(one, expLanes(f32x4.neg(g))));
+      store<f32>(s0 + o, f32x4.extract_lane(s, 0));
+      store<f32>(h0 + o, f32x4.extract_lane(f32x4.mul(f32x4.mul(g, s), f32x4.splat(load<f32>(u0 + o))), 0));
+    }
+  }
+}
+
+/** h [N, I] = gate * sig * up again from the saved sigmoid (same operations as swigluForward). */
+export function swigluRecompute(h: usize, gu: usize, sig: usize, N: i32, I: i32): void {
+  for (let n = 0; n < N; n++) {
+    const g0 = gu + <usize>n * 8 * <usize>I;
+    const u0 = g0 + 4 * <usize>I;
+    const h0 = h + <usize>n * 4 * <usize>I;
+    const s0 = sig + <usize>n * 4 * <usize>I;
+    let i = 0;
+    for (; i + 4 <= I; i += 4) {
+      const o = <usize>i * 4;
+      v128.store(h0 + o, f32x4.mul(f32x4.mul(v128.load(g0 + o), v128.load(s0 + o)), v128.load(u0 + o)));
+    }
+    for (; i < I; i++) {
+      const o = <usize>i * 4;
+      store<f32>(h0 + o, load<f32>(g0 + o) * load<f32>(s0 + o) * load<f32>(u0 + o));
+    }
+  }
+}
+
+/** dgu [N, 2I] (overwritten) from dh [N, I]: d gate = dh u s (1 + g (1 - s)), d up = dh g s. */
+export function swigluBackward(dgu: usize, dh: usize, gu: usize, sig: usize, N: i32, I: i32): void {
+  const one = f32x4.splat(1.0);
+  for (let n = 0; n < N; n++) {
+    const g0 = gu + <usize>n * 8 * <usize>I;
+    const u0 = g0 + 4 * <usize>I;
+    const dg0 = dgu + <usize>n * 8 * <usize>I;
+    const du0 = dg0 + 4 * <usize>I;
+    const h0 = dh + <usize>n * 4 * <usize>I;
+    const s0 = sig + <usize>n * 4 * <usize>I;
+    let i = 0;
+    for (; i + 4 <= I; i += 4) {
+      const o = <usize>i * 4;
+      const g = v128.load(g0 + o);
+      const u = v128.load(u0 + o);
+      const s = v128.load(s0 + o);
+      const d = v128.load(h0 + o);
+      const ds = f32x4.mul(d, s);
+      const slope = f32x4.add(one, f32x4.mul(g, f32x4.sub(one, s)));
+      v128.store(dg0 + o, f32x4.mul(f32x4.mul(ds, u), slope));
+      v128.store(du0 + o, f32x4.mul(ds, g));
+    }
+    for (; i < I; i++) {
+      const o = <usize>i * 4;
+      const g = load<f32>(g0 + o);
+      const s = load<f32>(s0 + o);
+      const ds = load<f32>(h0 + o) * s;
+      store<f32>(dg0 + o, ds * load<f32>(u0 + o) * (1 + g * (1 - s)));
+      store<f32>(du0 + o, ds * g);
+    }
+  }
+}

@@ -6,7 +6,7 @@
  * Matrix products go through `Kernels.sgemm`, so every buffer given to them must come from that
  * backend's `alloc()` (or be a subarray of such a buffer).
  */
-import { type GemmBatchItem, sgemmBatch } from "./kernels/index.js";
+import { elementwiseKernels, type GemmBatchItem, sgemmBatch } from "./kernels/index.js";
 import type { Kernels } from "./kernels/types.js";
 
 /** 2^k for k in [-150, 149], indexed k + 150. */
@@ -480,6 +480,8 @@ function softmaxBackwardInPlace(ds: Float32Array, p: Float32Array, len: number):
 
 // gu [N, 2I] (gate in columns [0, I), up in [I, 2I)) -> h [N, I] = silu(gate) * up, sig [N, I] =
 // sigmoid(gate). Keeping sig spares backward an exp per element, and h can be rebuilt from it.
+// Given WASM kernels, the three SwiGLU functions run as SIMD loops there (same formulas in fp32; pass
+// the same kernels to forward and recompute so they agree bit for bit).
 /** The SwiGLU nonlinearity between the fused gate/up projection and the down projection. */
 export function swigluForward(
   h: Float32Array,
@@ -487,7 +489,13 @@ export function swigluForward(
   gu: Float32Array,
   N: number,
   I: number,
+  kernels?: Kernels,
 ): void {
+  const simd = elementwiseKernels(kernels);
+  if (simd !== undefined) {
+    simd.swigluForward(h, sig, gu, N, I);
+    return;
+  }
   for (let n = 0; n < N; n++) {
     const g0 = n * 2 * I;
     const h0 = n * I;
@@ -509,7 +517,13 @@ export function swigluRecompute(
   sig: Float32Array,
   N: number,
   I: number,
+  kernels?: Kernels,
 ): void {
+  const simd = elementwiseKernels(kernels);
+  if (simd !== undefined) {
+    simd.swigluRecompute(h, gu, sig, N, I);
+    return;
+  }
   for (let n = 0; n < N; n++) {
     const g0 = n * 2 * I;
     const h0 = n * I;
@@ -526,7 +540,13 @@ export function swigluBackward(
   sig: Float32Array,
   N: number,
   I: number,
+  kernels?: Kernels,
 ): void {
+  const simd = elementwiseKernels(kernels);
+  if (simd !== undefined) {
+    simd.swigluBackward(dgu, dh, gu, sig, N, I);
+    return;
+  }
   for (let n = 0; n < N; n++) {
     const g0 = n * 2 * I;
     const h0 = n * I;

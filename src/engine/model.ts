@@ -472,7 +472,7 @@ export class LlamaModel {
       linearForward(k, s.xMid, s.attn, w.o, N, qDim, C, true);
       rmsnormForward(s.ln2, s.rstd2, s.xMid, w.ln2, N, C, eps);
       linearForward(k, s.gu, s.ln2, w.gu, N, C, 2 * I);
-      swigluForward(a.h, s.sig, s.gu, N, I);
+      swigluForward(a.h, s.sig, s.gu, N, I, k);
       out.set(s.xMid.subarray(0, N * C));
       linearForward(k, out, a.h, w.down, N, I, C, true);
     }
@@ -507,9 +507,9 @@ export class LlamaModel {
       const g = this.gradWeights[l];
       const s = a.layers[l];
       // MLP: out = xMid + down(swiglu(gu(rmsnorm(xMid))))
-      swigluRecompute(a.h, s.gu, s.sig, N, I);
+      swigluRecompute(a.h, s.gu, s.sig, N, I, k);
       linearBackward(k, a.dH, g.down, dResid, a.h, w.down, N, I, C);
-      swigluBackward(a.dGu, a.dH, s.gu, s.sig, N, I);
+      swigluBackward(a.dGu, a.dH, s.gu, s.sig, N, I, k);
       linearBackward(k, a.dLn, g.gu, a.dGu, s.ln2, w.gu, N, C, 2 * I);
       rmsnormBackward(dResid, g.ln2, a.dLn, s.xMid, w.ln2, s.rstd2, N, C);
       // attention: xMid = x + o(attention(rope(q), rope(k), v))
@@ -860,7 +860,7 @@ export class LlamaModel {
       linearForward(k, w.x, w.attn, lw.o, M, qDim, C, true);
       rmsnormForward(w.xn, w.rstd, w.x, lw.ln2, M, C, eps);
       linearForward(k, w.gu, w.xn, lw.gu, M, C, 2 * I);
-      swigluForward(w.h, w.sig, w.gu, M, I);
+      swigluForward(w.h, w.sig, w.gu, M, I, k);
       linearForward(k, w.x, w.h, lw.down, M, I, C, true);
     }
     let m = 0;

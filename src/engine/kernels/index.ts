@@ -3,13 +3,13 @@ import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import { PlainKernels } from "./plain.js";
 import type { Kernels } from "./types.js";
-import { type GemmBatchItem, loadKernelsModule, WasmKernels } from "./wasm.js";
+import { type ElementwiseKernels, type GemmBatchItem, loadKernelsModule, WasmKernels } from "./wasm.js";
 import type { WasmModule } from "./webassembly.js";
 
 export { PlainKernels, plainSgemm } from "./plain.js";
 export type { PoolStats } from "./pool.js";
 export type { Kernels } from "./types.js";
-export type { GemmBatchItem, KernelsExtras, WasmKernelsOptions } from "./wasm.js";
+export type { ElementwiseKernels, GemmBatchItem, KernelsExtras, WasmKernelsOptions } from "./wasm.js";
 export { WasmKernels } from "./wasm.js";
 
 /** Options of createKernels. */
@@ -91,4 +91,9 @@ export function sgemmBatch(
     return;
   }
   for (const { M, N, K, A, B, C } of items) kernels.sgemm(transA, transB, M, N, K, alpha, A, B, beta, C);
+}
+
+/** The kernels' WASM SwiGLU loops when the backend has them (WASM), undefined for the plain loops. */
+export function elementwiseKernels(kernels: Kernels | undefined): ElementwiseKernels | undefined {
+  return kernels instanceof WasmKernels && kernels.hasElementwise() ? kernels : undefined;
 }

@@ -61,6 +61,9 @@ export function controlBytes(workers: number): number {
 /** The functions build/kernels.wasm exports (see assembly/kernels.ts). */
 export interface KernelExports {
   packedWorkspaceFloats(): number;
+  swigluForward(h: number, sig: number, gu: number, N: number, I: number): void;
+  swigluRecompute(h: number, gu: number, sig: number, N: number, I: number): void;
+  swigluBackward(dgu: number, dh: number, gu: number, sig: number, N: number, I: number): void;
   tileRows(): number;
   tileCols(): number;
   batchItemBytes(): number;

@@ -26,8 +26,28 @@ export interface GemmBatchItem {
   C: Float32Array;
 }
 
+/**
+ * SwiGLU on WASM SIMD (see layers.ts swigluForward for shapes); every buffer from alloc(). Results
+ * differ from the plain loops by fp32 rounding only; forward and recompute agree bit for bit.
+ */
+export interface ElementwiseKernels {
+  /** h [N, I] = silu(gate) * up, sig [N, I] = sigmoid(gate) from gu [N, 2I]. */
+  swigluForward(h: Float32Array, sig: Float32Array, gu: Float32Array, N: number, I: number): void;
+  /** h [N, I] rebuilt from gu and the saved sigmoid. */
+  swigluRecompute(h: Float32Array, gu: Float32Array, sig: Float32Array, N: number, I: number): void;
+  /** dgu [N, 2I] (overwritten) from dh [N, I]. */
+  swigluBackward(
+    dgu: Float32Array,
+    dh: Float32Array,
+    gu: Float32Array,
+    sig: Float32Array,
+    N: number,
+    I: number,
+  ): void;
+}
+
 /** What the WebAssembly backend offers beyond Kernels; callers that know the backend may use it. */
-export interface KernelsExtras {
+export interface KernelsExtras extends ElementwiseKernels {
   /**
    * Runs independent products sharing transposes and scalars (e.g. every attention head of a layer)
    * as one job, so the threads share them out; each item's C equals what sgemm would give, bit for bit.
@@ -311,6 +331,43 @@ export class WasmKernels implements Kernels, KernelsExtras {
     } else {
       for (let i = 0; i < count; i++) runChunk(this.kernels, job, i, this.workspaces[0]);
     }
+  }
+
+  /** SwiGLU forward in WASM SIMD (see ElementwiseKernels). */
+  swigluForward(h: Float32Array, sig: Float32Array, gu: Float32Array, N: number, I: number): void {
+    this.checkOperand("h", h, N * I);
+    this.checkOperand("sig", sig, N * I);
+    this.checkOperand("gu", gu, N * 2 * I);
+    this.kernels.swigluForward(h.byteOffset, sig.byteOffset, gu.byteOffset, N, I);
+  }
+
+  /** SwiGLU output from the saved sigmoid (see ElementwiseKernels). */
+  swigluRecompute(h: Float32Array, gu: Float32Array, sig: Float32Array, N: number, I: number): void {
+    this.checkOperand("h", h, N * I);
+    this.checkOperand("sig", sig, N * I);
+    this.checkOperand("gu", gu, N * 2 * I);
+    this.kernels.swigluRecompute(h.byteOffset, gu.byteOffset, sig.byteOffset, N, I);
+  }
+
+  /** SwiGLU backward in WASM SIMD (see ElementwiseKernels). */
+  swigluBackward(
+    dgu: Float32Array,
+    dh: Float32Array,
+    gu: Float32Array,
+    sig: Float32Array,
+    N: number,
+    I: number,
+  ): void {
+    this.checkOperand("dgu", dgu, N * 2 * I);
+    this.checkOperand("dh", dh, N * I);
+    this.checkOperand("sig", sig, N * I);
+    this.checkOperand("gu", gu, N * 2 * I);
+    this.kernels.swigluBackward(dgu.byteOffset, dh.byteOffset, gu.byteOffset, sig.byteOffset, N, I);
+  }
+
+  /** Whether the loaded build/kernels.wasm has the SwiGLU loops (a build older than them does not). */
+  hasElementwise(): boolean {
+    return typeof this.kernels.swigluForward === "function";
   }
 
   /** Blocks until every worker can take jobs; false on timeout (see KernelsExtras). */
