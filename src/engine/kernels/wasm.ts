@@ -85,6 +85,12 @@ const SMALL_M_NT = 16;
 const SMALL_M_NN = 8;
 /** Below this many multiply-adds, waking workers costs more than it saves. */
 const PARALLEL_MIN_MACS = 1 << 18;
+/**
+ * The unpacked path (decode: a few rows against a weight matrix) streams memory more than it computes,
+ * and a helper preempted by another process stalls the whole call: below this it runs on the main
+ * thread alone (preset S greedy generation: ~4500 -> ~6500 tokens/s on a loaded 2-core machine).
+ */
+const SMALL_PARALLEL_MIN_MACS = 1 << 21;
 
 /** Reads and compiles a kernels module; throws if the file is missing or the engine lacks SIMD/threads. */
 export function loadKernelsModule(path: string): WasmModule {
@@ -240,8 +246,9 @@ export class WasmKernels implements Kernels, KernelsExtras {
       chunks: 1,
     };
     const pool = this.pool;
-    const helpers =
-      pool !== undefined && M * N * K >= PARALLEL_MIN_MACS && pool.useHelpers() ? pool.readyCount() : 0;
+    // Without main-thread work (a test mode) every product goes to the workers, to exercise them.
+    const minMacs = small && this.mainThreadWorks ? SMALL_PARALLEL_MIN_MACS : PARALLEL_MIN_MACS;
+    const helpers = pool !== undefined && M * N * K >= minMacs && pool.useHelpers() ? pool.readyCount() : 0;
     if (pool === undefined || helpers === 0) {
       runChunk(this.kernels, job, 0, this.workspaces[0]);
       return;
