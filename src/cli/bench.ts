@@ -3,7 +3,7 @@ import { type Command, Option } from "commander";
 import { BENCH_PRESETS, type BenchPresetName, runBench } from "../engine/bench.js";
 import { createKernels } from "../engine/kernels/index.js";
 import { UserError } from "../util/errors.js";
-import { parseIntFlag, printJson } from "./common.js";
+import { parseBackend, parseIntFlag, printJson } from "./common.js";
 
 interface BenchFlags {
   preset: string;
@@ -13,11 +13,6 @@ interface BenchFlags {
   steps: string;
   warmup: string;
   generateRuns: string;
-}
-
-function parseBackend(value: string): "auto" | "wasm" | "plain" {
-  if (value === "auto" || value === "wasm" || value === "plain") return value;
-  throw new UserError(`--backend: expected auto, wasm or plain, got '${value}'`);
 }
 
 function parsePreset(value: string): BenchPresetName {

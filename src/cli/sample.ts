@@ -3,7 +3,7 @@ import { createKernels } from "../engine/kernels/index.js";
 import { LocalPolicy } from "../policy/local.js";
 import type { ChatMessage } from "../policy/types.js";
 import { UserError } from "../util/errors.js";
-import { parseIntFlag, parseNumberFlag, printJson } from "./common.js";
+import { parseBackend, parseIntFlag, parseNumberFlag, printJson } from "./common.js";
 
 interface SampleOptions {
   model: string;
@@ -18,11 +18,6 @@ interface SampleOptions {
   stop: string[];
   backend: string;
   json?: boolean;
-}
-
-function parseBackend(value: string): "auto" | "wasm" | "plain" {
-  if (value === "auto" || value === "wasm" || value === "plain") return value;
-  throw new UserError(`--backend: expected auto, wasm or plain, got '${value}'`);
 }
 
 /** `sample`: completions of one chat prompt from a local checkpoint. */

@@ -10,7 +10,7 @@ import type { SftExample } from "../train/sft.js";
 import { UserError } from "../util/errors.js";
 import { readJsonFile } from "../util/fsio.js";
 import { readJsonl } from "../util/jsonl.js";
-import { parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
+import { parseBackend, parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
 import type { SftRunSettings, SftWorkerData, SftWorkerMessage } from "./sft-worker.js";
 
 interface SftFlags {
@@ -52,11 +52,6 @@ const SftLineSchema = z
     else if (line.text !== undefined && line.text === "")
       ctx.addIssue({ code: "custom", path: ["text"], message: "empty text" });
   });
-
-function parseBackend(value: string): "auto" | "wasm" | "plain" {
-  if (value === "auto" || value === "wasm" || value === "plain") return value;
-  throw new UserError(`--backend: expected auto, wasm or plain, got '${value}'`);
-}
 
 /** Reads and checks the data file; errors name file:line:field. */
 function readExamples(path: string): { examples: SftExample[]; sha256: string } {
