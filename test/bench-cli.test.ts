@@ -1,16 +1,8 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { BENCH_PRESETS, type BenchPreset, runBench } from "../src/engine/bench.js";
 import { PlainKernels } from "../src/engine/kernels/index.js";
-
-const cli = fileURLToPath(new URL("../../bin/selfsteer", import.meta.url));
-
-function selfsteer(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8" });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+import { selfsteer } from "./helpers/cli.js";
 
 /** Parameters of an untied Llama preset, counted by hand. */
 function parameterCount(p: BenchPreset): number {

@@ -1,35 +1,17 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { loadCheckpoint } from "../src/engine/checkpoint.js";
+import { fails, ok } from "./helpers/cli.js";
 
-const cli = fileURLToPath(new URL("../../bin/selfsteer", import.meta.url));
 const fixtures = fileURLToPath(new URL("../../test/fixtures/rm/", import.meta.url));
 const mixed = join(fixtures, "mixed-formats.jsonl");
 const rewardBench = join(fixtures, "rewardbench-sample.jsonl");
 const work = mkdtempSync(join(tmpdir(), "selfsteer-rm-cli-"));
 after(() => rmSync(work, { recursive: true, force: true }));
-
-function selfsteer(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8" });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function ok(...args: string[]): string {
-  const r = selfsteer(...args);
-  assert.equal(r.status, 0, `selfsteer ${args.join(" ")} failed: ${r.stderr}`);
-  return r.stdout;
-}
-
-function fails(fragments: string[], ...args: string[]): void {
-  const r = selfsteer(...args);
-  assert.equal(r.status, 2, `expected exit 2 from selfsteer ${args.join(" ")}, got ${r.status}: ${r.stderr}`);
-  for (const f of fragments) assert.ok(r.stderr.includes(f), `'${r.stderr.trim()}' should mention '${f}'`);
-}
 
 const policy = join(work, "policy");
 const rm = join(work, "rm");

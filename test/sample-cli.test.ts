@@ -1,10 +1,8 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { tokenizerConfigJson } from "../src/engine/chat.js";
 import { saveCheckpoint } from "../src/engine/checkpoint.js";
 import { LlamaConfigSchema } from "../src/engine/config.js";
@@ -13,8 +11,8 @@ import { LlamaModel } from "../src/engine/model.js";
 import { BpeTokenizer } from "../src/engine/tokenizer.js";
 import { LocalPolicy } from "../src/policy/local.js";
 import { Rng } from "../src/util/rng.js";
+import { ok, selfsteer } from "./helpers/cli.js";
 
-const cli = fileURLToPath(new URL("../../bin/selfsteer", import.meta.url));
 const work = mkdtempSync(join(tmpdir(), "selfsteer-sample-cli-"));
 after(() => rmSync(work, { recursive: true, force: true }));
 
@@ -38,17 +36,6 @@ saveCheckpoint(dir, {
 });
 const weightsOnly = join(work, "weights-only");
 saveCheckpoint(weightsOnly, { config, tensors: model.namedTensors() });
-
-function selfsteer(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8" });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function ok(...args: string[]): string {
-  const r = selfsteer(...args);
-  assert.equal(r.status, 0, `selfsteer ${args.join(" ")} failed: ${r.stderr}`);
-  return r.stdout;
-}
 
 interface JsonSample {
   text: string;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import {
   existsSync,
   mkdirSync,
@@ -12,7 +12,6 @@ import {
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { tokenizerConfigJson } from "../src/engine/chat.js";
 import { loadCheckpoint, loadTrainerState, saveCheckpoint } from "../src/engine/checkpoint.js";
 import { LlamaConfigSchema } from "../src/engine/config.js";
@@ -21,8 +20,9 @@ import { nextTokenLogprobs } from "../src/engine/logprobs.js";
 import { LlamaModel } from "../src/engine/model.js";
 import { BpeTokenizer } from "../src/engine/tokenizer.js";
 import { Rng } from "../src/util/rng.js";
+import { SELFSTEER_BIN, selfsteer } from "./helpers/cli.js";
 
-const cli = fileURLToPath(new URL("../../bin/selfsteer", import.meta.url));
+const cli = SELFSTEER_BIN;
 const work = mkdtempSync(join(tmpdir(), "selfsteer-sft-cli-"));
 after(() => rmSync(work, { recursive: true, force: true }));
 
@@ -79,11 +79,6 @@ const runFlags = [
   "--lr",
   "3e-3",
 ];
-
-function selfsteer(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8" });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 function ok(...args: string[]): Record<string, unknown> {
   const r = selfsteer(...args);
