@@ -27,7 +27,7 @@ import { mean } from "../eval/metrics.js";
 import { LocalPolicy } from "../policy/local.js";
 import { buildRecords } from "../sso/builder.js";
 import { type ObjectiveConfig, objectiveConfigSchema } from "../sso/objective.js";
-import { openDropLog, openRecordWriter, readRecords } from "../sso/records.js";
+import { openDropLog, openRecordWriter, readRecords, type SsoRecord } from "../sso/records.js";
 import {
   type PreferenceRecord,
   type RecordScores,
@@ -167,26 +167,80 @@ export class OnlineSession {
   }
 }
 
-/** Greedy answers of the current weights to the evaluation queries, without any system prompt. */
-async function answerQueries(
+/** Greedy answers of the current weights to held-out queries, without any system prompt. */
+export async function answerQueries(
   session: OnlineSession,
   queries: readonly WorldQuery[],
-  config: OnlineConfig,
+  options: { genBatch: number; maxTokens: number },
 ): Promise<string[]> {
-  const policy = new LocalPolicy(session.model, session.tokenizer, {
-    maxBatch: config.genBatch,
-    seed: config.seed,
-  });
+  const policy = new LocalPolicy(session.model, session.tokenizer, { maxBatch: options.genBatch });
   const out = await policy.generate(
     queries.map((q, i) => ({
       messages: [{ role: "user" as const, content: q.prompt }],
       temperature: 0,
       topP: 1,
-      maxTokens: config.evalMaxTokens,
-      seed: config.seed * 7919 + i,
+      maxTokens: options.maxTokens,
+      seed: i,
     })),
   );
   return out.map((g) => g[0].text);
+}
+
+/** Where and how buildPolicyRecords samples and writes. */
+export interface PolicyRecordsOptions {
+  /** Directory of the files; `stem` names them: <stem>.jsonl, <stem>.done.json, and the drop log. */
+  dir: string;
+  stem: string;
+  dropLogName: string;
+  seed: number;
+  policySeed: number;
+  temperature: number;
+  topP: number;
+  maxTokens: number;
+  genBatch: number;
+}
+
+/**
+ * SSO records built by the current weights for `queries` (SSO.md's data construction), appended to a
+ * resumable JSONL file; once finished, the summary is saved beside it and later calls only read back.
+ */
+export async function buildPolicyRecords(
+  session: OnlineSession,
+  queries: readonly WorldQuery[],
+  o: PolicyRecordsOptions,
+  onProgress?: (done: number, total: number) => void,
+): Promise<{ records: SsoRecord[]; drops: Record<string, number>; path: string }> {
+  const path = join(o.dir, `${o.stem}.jsonl`);
+  const donePath = join(o.dir, `${o.stem}.done.json`);
+  if (!existsSync(donePath)) {
+    mkdirSync(o.dir, { recursive: true });
+    const writer = openRecordWriter(path);
+    const dropLog = openDropLog(join(o.dir, o.dropLogName));
+    try {
+      const { summary } = await buildRecords(
+        new LocalPolicy(session.model, session.tokenizer, { maxBatch: o.genBatch, seed: o.policySeed }),
+        queries.map((q) => ({ id: q.id, prompt: q.prompt })),
+        {
+          seed: o.seed,
+          temperature: o.temperature,
+          topP: o.topP,
+          maxTokens: o.maxTokens,
+          featureMaxTokens: 16,
+          batchSize: o.genBatch,
+          writer,
+          dropLog,
+        },
+        onProgress ? { onProgress: (done, total) => onProgress(done, total) } : {},
+      );
+      writeJsonAtomic(donePath, summary);
+    } finally {
+      writer.close();
+      dropLog.close();
+    }
+  }
+  const summary = JSON.parse(readFileSync(donePath, "utf8")) as { drops?: Record<string, number> };
+  const records = existsSync(path) ? readRecords(path).rows.map((r) => r.value) : [];
+  return { records, drops: summary.drops ?? {}, path };
 }
 
 /** Base answers and metrics, shared by every method of a run (computed once, then read back). */
@@ -199,7 +253,10 @@ async function baseEvaluation(
   if (existsSync(path))
     return JSON.parse(readFileSync(path, "utf8")) as { answers: string[]; metrics: IterationMetrics };
   session.loadBase();
-  const answers = await answerQueries(session, queries, config);
+  const answers = await answerQueries(session, queries, {
+    genBatch: config.genBatch,
+    maxTokens: config.evalMaxTokens,
+  });
   const metrics: IterationMetrics = {
     iteration: 0,
     ...evaluateAnswers(worldJudge, [...queries], answers, answers),
@@ -338,7 +395,10 @@ export async function runOnline(
 
     // 4. Evaluation on the held-out queries.
     onEvent({ type: "stage", method: config.method, iteration: k, stage: "eval" });
-    const answers = await answerQueries(session, held, config);
+    const answers = await answerQueries(session, held, {
+      genBatch: config.genBatch,
+      maxTokens: config.evalMaxTokens,
+    });
     writeJsonAtomic(join(dir, "answers.json"), answers);
     const metrics: IterationMetrics = {
       iteration: k,
@@ -373,8 +433,6 @@ async function iterationRecords(
   queries: readonly WorldQuery[],
   onEvent: (event: OnlineEvent) => void,
 ): Promise<{ records: Array<PreferenceRecord & { id: string }>; drops: Record<string, number> }> {
-  const recordsPath = join(dir, "records.jsonl");
-  const donePath = join(dir, "records.done.json");
   if (config.method === "offpolicy") {
     // Gold-labelled pairs written by the world's generator; y0 is still the policy's own plain answer,
     // so the on-policy gap of these pairs can be compared with SSO's.
@@ -405,43 +463,30 @@ async function iterationRecords(
       drops: {},
     };
   }
-  if (!existsSync(donePath)) {
-    const writer = openRecordWriter(recordsPath);
-    const dropLog = openDropLog(join(dir, "drops.jsonl"));
-    const policy = new LocalPolicy(session.model, session.tokenizer, {
-      maxBatch: config.genBatch,
-      seed: config.seed + k,
-    });
-    try {
-      const { summary } = await buildRecords(
-        policy,
-        queries.map((q) => ({ id: q.id, prompt: q.prompt })),
-        {
-          seed: config.seed * 1000 + k,
-          temperature: config.temperature,
-          topP: config.topP,
-          maxTokens: config.maxTokens,
-          featureMaxTokens: 16,
-          batchSize: config.genBatch,
-          writer,
-          dropLog,
-        },
-        {
-          onProgress: (done, total) =>
-            onEvent({ type: "progress", method: config.method, iteration: k, stage: "build", done, total }),
-        },
-      );
-      writeJsonAtomic(donePath, summary);
-    } finally {
-      writer.close();
-      dropLog.close();
-    }
-  }
-  const summary = JSON.parse(readFileSync(donePath, "utf8")) as { drops?: Record<string, number> };
-  const records = existsSync(recordsPath) ? readRecords(recordsPath).rows.map((r) => r.value) : [];
+  const {
+    records,
+    drops,
+    path: recordsPath,
+  } = await buildPolicyRecords(
+    session,
+    queries,
+    {
+      dir,
+      stem: "records",
+      dropLogName: "drops.jsonl",
+      seed: config.seed * 1000 + k,
+      policySeed: config.seed + k,
+      temperature: config.temperature,
+      topP: config.topP,
+      maxTokens: config.maxTokens,
+      genBatch: config.genBatch,
+    },
+    (done, total) =>
+      onEvent({ type: "progress", method: config.method, iteration: k, stage: "build", done, total }),
+  );
   if (records.length === 0)
     throw new UserError(`${recordsPath}: iteration ${k} kept no records (see ${join(dir, "drops.jsonl")})`);
-  return { records, drops: summary.drops ?? {} };
+  return { records, drops };
 }
 
 /**

@@ -8,7 +8,7 @@
  *   held-out RewardBench-style suite.
  * Every stage is written under the run directory and reused when present, so a rerun resumes.
  */
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Kernels } from "../engine/kernels/types.js";
 import { LlamaModel } from "../engine/model.js";
@@ -16,10 +16,7 @@ import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import { evaluateAnswers } from "../eval/evaluate.js";
 import { mean, stddev } from "../eval/metrics.js";
 import { markdownTable } from "../eval/table.js";
-import { LocalPolicy } from "../policy/local.js";
-import { buildRecords } from "../sso/builder.js";
 import { objectiveConfigSchema } from "../sso/objective.js";
-import { openDropLog, openRecordWriter, readRecords } from "../sso/records.js";
 import { type PreferenceRecord, requiredKeys, scoreRecords, trainPreference } from "../train/preference.js";
 import { type PreferencePair, rewardBenchReport, scorePairs, trainRewardModel } from "../train/reward.js";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fsio.js";
@@ -28,7 +25,7 @@ import { offPolicyPairs } from "../world/corpus.js";
 import { worldJudge } from "../world/judge.js";
 import { buildRewardBench, REWARDBENCH_SECTIONS } from "../world/rewardbench.js";
 import { evalQueries, trainQueries, type WorldQuery } from "../world/tasks.js";
-import { OnlineSession } from "./online.js";
+import { answerQueries, buildPolicyRecords, OnlineSession } from "./online.js";
 
 /** Settings shared by both tables. */
 export interface TableConfig {
@@ -71,33 +68,19 @@ async function baseRecords(
   dir: string,
 ): Promise<{ records: Array<PreferenceRecord & { id: string }>; queries: WorldQuery[] }> {
   const queries = trainQueries(new Rng(seed).fork("table-queries"), config.queries);
-  const path = join(dir, "sso-records.jsonl");
-  const donePath = join(dir, "sso-records.done.json");
-  if (!existsSync(donePath)) {
-    mkdirSync(dir, { recursive: true });
-    session.loadBase();
-    const writer = openRecordWriter(path);
-    const dropLog = openDropLog(join(dir, "sso-drops.jsonl"));
-    try {
-      const { summary } = await buildRecords(
-        new LocalPolicy(session.model, session.tokenizer, { maxBatch: config.genBatch, seed }),
-        queries.map((q) => ({ id: q.id, prompt: q.prompt })),
-        {
-          seed,
-          maxTokens: config.maxTokens,
-          featureMaxTokens: 16,
-          batchSize: config.genBatch,
-          writer,
-          dropLog,
-        },
-      );
-      writeJsonAtomic(donePath, summary);
-    } finally {
-      writer.close();
-      dropLog.close();
-    }
-  }
-  return { records: existsSync(path) ? readRecords(path).rows.map((r) => r.value) : [], queries };
+  if (!existsSync(join(dir, "sso-records.done.json"))) session.loadBase();
+  const { records } = await buildPolicyRecords(session, queries, {
+    dir,
+    stem: "sso-records",
+    dropLogName: "sso-drops.jsonl",
+    seed,
+    policySeed: seed,
+    temperature: 0.7,
+    topP: 0.8,
+    maxTokens: config.maxTokens,
+    genBatch: config.genBatch,
+  });
+  return { records, queries };
 }
 
 /** Off-policy gold pairs on the given queries, as records with the main pair only. */
@@ -134,20 +117,8 @@ export async function offlineTable(
 ): Promise<OfflineRow[]> {
   const session = new OnlineSession(config.baseModel, kernels);
   const held = evalQueries(config.evalQueries);
-  const greedy = async (): Promise<string[]> => {
-    const out = await new LocalPolicy(session.model, session.tokenizer, {
-      maxBatch: config.genBatch,
-    }).generate(
-      held.map((q, i) => ({
-        messages: [{ role: "user" as const, content: q.prompt }],
-        temperature: 0,
-        topP: 1,
-        maxTokens: config.maxTokens,
-        seed: i,
-      })),
-    );
-    return out.map((g) => g[0].text);
-  };
+  const greedy = () =>
+    answerQueries(session, held, { genBatch: config.genBatch, maxTokens: config.maxTokens });
   session.loadBase();
   const baseAnswers = await greedy();
   const rows: OfflineRow[] = [];
