@@ -30,12 +30,18 @@ function runObjective(path: string): { status: number | null; stdout: string; st
 }
 
 test("selfsteer objective prints {loss, grad, metrics} equal to the library's result", () => {
-  const r = runObjective(fixture);
-  assert.equal(r.status, 0, r.stderr);
-  const out = JSON.parse(r.stdout) as ReturnType<typeof ssoObjective>;
-  const input = objectiveInputSchema.parse(JSON.parse(readFileSync(fixture, "utf8")));
-  const { records, ...config } = input;
-  assert.deepEqual(out, ssoObjective(config, records));
+  const matchesLibrary = (file: string) => {
+    const r = runObjective(file);
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout) as ReturnType<typeof ssoObjective>;
+    const input = objectiveInputSchema.parse(JSON.parse(readFileSync(file, "utf8")));
+    const { records, ...config } = input;
+    assert.deepEqual(out, ssoObjective(config, records));
+    return out;
+  };
+  const generator = matchesLibrary(join(root, "test", "fixtures", "objective", "generator-dpo.json"));
+  assert.ok(generator.metrics["loss/steer"] > 0 && generator.metrics["loss/main"] === undefined);
+  const out = matchesLibrary(fixture);
   assert.deepEqual(Object.keys(out).sort(), ["grad", "loss", "metrics"]);
   assert.equal(out.grad.length, 2);
   assert.deepEqual(Object.keys(out.grad[0].policy).sort(), [

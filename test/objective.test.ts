@@ -141,6 +141,38 @@ test("sso composite: hand example of L = B(main) + W G_beta (B(pos) + B(neg))", 
   close(ssoObjective(config("dpo", { beta: 1 }), [record]).loss, naiveNegLogSigmoid(2));
 });
 
+test("generator: hand example of L+ + L- = B(pos) + gamma SFT(p+, y+) + B(neg) + gamma SFT(p-, y0)", () => {
+  // dpo, beta 0.1, gamma 0.1. pos u = 0.1 ((-4 + 6) - (-5 + 5)) = 0.2; neg u = 0.1 ((-6 + 3) - (-6 + 4)) = -0.1
+  // SFT(p+ x, y+) = 4/2 = 2, SFT(p- x, y0) = 6/3 = 2. The main pair is never read: leave it out.
+  const record: ObjectiveRecord = {
+    policy: { posChosen: -4, posRejected: -6, negChosen: -6, negRejected: -3 },
+    reference: { posChosen: -5, posRejected: -5, negChosen: -6, negRejected: -4 },
+    tokens: { posChosen: 2, posRejected: 4, negChosen: 3, negRejected: 2 },
+  };
+  const cfg = config("dpo", { beta: 0.1, generator: {} });
+  const r = ssoObjective(cfg, [record]);
+  const bPos = naiveNegLogSigmoid(0.2);
+  const bNeg = naiveNegLogSigmoid(-0.1);
+  close(r.loss, bPos + 0.1 * 2 + bNeg + 0.1 * 2);
+  close(r.metrics["loss/steer"], bPos + bNeg);
+  close(r.metrics["loss/sft"], 4);
+  assert.equal(r.metrics["loss/main"], undefined);
+  assert.equal(r.metrics["rewards/margins"], undefined);
+  close(r.metrics["p_rewards/margins"], 0.2);
+  close(r.metrics["n_rewards/margins"], -0.1);
+  // d/d l(p+ y+) = -beta sigmoid(-u) - gamma / n = -0.1 s(-0.2) - 0.05; rejected side +0.1 s(-0.2)
+  close(r.grad[0].policy.posChosen!, -0.1 * naiveSigmoid(-0.2) - 0.05);
+  close(r.grad[0].policy.posRejected!, 0.1 * naiveSigmoid(-0.2));
+  close(r.grad[0].policy.negChosen!, -0.1 * naiveSigmoid(0.1) - 0.1 / 3);
+  // the ablations keep exactly one term
+  close(ssoObjective(config("dpo", { beta: 0.1, generator: { neg: false } }), [record]).loss, bPos + 0.2);
+  close(ssoObjective(config("dpo", { beta: 0.1, generator: { pos: false } }), [record]).loss, bNeg + 0.2);
+  // invalid combinations are named
+  assert.throws(() => config("dpo", { generator: { pos: false, neg: false } }), /pos or neg/);
+  assert.throws(() => config("dpo", { generator: {}, sso: {} }), /cannot be combined with sso/);
+  assert.throws(() => config("bt", { generator: {} }), /not supported with loss bt/);
+});
+
 test("metrics: hand example over two records (dpo sums, ipo averages, simpo without reference)", () => {
   const records: ObjectiveRecord[] = [
     {
@@ -292,6 +324,10 @@ const VARIANTS: Array<[string, Record<string, unknown>]> = [
   ["sso ftx 0.7", { sso: { ftx: 0.7 } }],
   ["sso w/o G ftx 0.7", { sso: { steer: false, ftx: 0.7 } }],
   ["sso alpha 0.2 steerBeta 0.5", { sso: { alpha: 0.2, steerBeta: 0.5 } }],
+  ["generator (L+ and L-)", { generator: {} }],
+  ["generator +L+ only", { generator: { neg: false } }],
+  ["generator +L- only", { generator: { pos: false } }],
+  ["generator without SFT", { generator: { sftWeight: 0 } }],
 ];
 
 test("every loss and every SSO variant matches central finite differences", () => {

@@ -40,7 +40,10 @@ export function register(program: Command): void {
     .description(
       "evaluate a preference / SSO objective on per-sequence log-probs; prints {loss, grad, metrics} as JSON",
     )
-    .requiredOption("--input <file>", "JSON: {loss, beta, labelSmoothing?, gamma?, sso?, records: [...]}")
+    .requiredOption(
+      "--input <file>",
+      "JSON: {loss, beta, labelSmoothing?, gamma?, sso? | generator?, records: [...]}",
+    )
     .option("--pretty", "indent the JSON output")
     .addHelpText(
       "after",

@@ -203,12 +203,27 @@ export const ssoOptionsSchema = z.strictObject({
 /** SSO options with every default filled in. */
 export type SsoOptions = z.infer<typeof ssoOptionsSchema>;
 
+/**
+ * The generator form of SSO (docs/algorithm.md, "The generator form"): a copy of the policy learns to
+ * produce the steering pairs and nothing else, L+ = B(p+ x: y+ > y-) + gamma SFT(p+ x, y+) and
+ * L- = B(p- x: y0 > y+) + gamma SFT(p- x, y0); the policy itself later trains with plain DPO on what
+ * the generator samples. `pos`/`neg` switch each term off for the "+L+ only" / "+L- only" ablations.
+ */
+export const generatorOptionsSchema = z.strictObject({
+  pos: z.boolean().default(true),
+  neg: z.boolean().default(true),
+  sftWeight: z.number().min(0).default(0.1),
+});
+/** Generator options with every default filled in. */
+export type GeneratorOptions = z.infer<typeof generatorOptionsSchema>;
+
 const configShape = {
   loss: z.enum(LOSS_NAMES),
   beta: z.number().positive().default(0.2),
   labelSmoothing: z.number().min(0).max(0.5).default(0),
   gamma: z.number().default(0.5),
   sso: ssoOptionsSchema.optional(),
+  generator: generatorOptionsSchema.optional(),
 };
 
 /** The objective's settings (the input JSON without its records); defaults as in SSO.md. */
@@ -253,9 +268,40 @@ function configIssues(config: Partial<ObjectiveConfig>): ObjectiveIssue[] {
       path: ["sso"],
       message: "not supported with loss bt (reward scores are not log-probabilities)",
     });
+  if (config.generator !== undefined) {
+    if (config.sso !== undefined)
+      issues.push({ path: ["generator"], message: "cannot be combined with sso (two different objectives)" });
+    if (config.loss === "bt")
+      issues.push({
+        path: ["generator"],
+        message: "not supported with loss bt (reward scores are not log-probabilities)",
+      });
+    if (config.generator.pos === false && config.generator.neg === false)
+      issues.push({ path: ["generator"], message: "needs pos or neg (or both) switched on" });
+  }
   if (config.loss !== undefined && config.loss !== "dpo" && (config.labelSmoothing ?? 0) !== 0)
     issues.push({ path: ["labelSmoothing"], message: `only used by loss dpo, not ${config.loss}` });
   return issues;
+}
+
+/** The pairs a configuration trains on, as (chosen, rejected) sequence keys. */
+function pairsRead(config: ObjectiveConfig): Array<[SeqKey, SeqKey, string]> {
+  const gen = config.generator;
+  if (gen !== undefined) {
+    const pairs: Array<[SeqKey, SeqKey, string]> = [];
+    if (gen.pos) pairs.push(["posChosen", "posRejected", "generator pos"]);
+    if (gen.neg) pairs.push(["negChosen", "negRejected", "generator neg"]);
+    return pairs;
+  }
+  const pairs: Array<[SeqKey, SeqKey, string]> = [["chosen", "rejected", `loss ${config.loss}`]];
+  if (config.sso?.steer === true)
+    pairs.push(["posChosen", "posRejected", "sso steer"], ["negChosen", "negRejected", "sso steer"]);
+  return pairs;
+}
+
+/** The sequence keys whose log-probs a configuration reads (what a trainer must score). */
+export function sequencesRead(config: ObjectiveConfig): SeqKey[] {
+  return pairsRead(config).flatMap(([w, l]) => [w, l]);
 }
 
 interface Requirement {
@@ -267,10 +313,9 @@ interface Requirement {
 /** Lists which record fields a configuration reads, each with the reason, first reason first. */
 function requirements(config: ObjectiveConfig): Requirement[] {
   const reqs: Requirement[] = [];
-  const { loss, sso } = config;
+  const { loss, sso, generator } = config;
   const steer = sso?.steer === true;
-  const pairs: Array<[SeqKey, SeqKey, string]> = [["chosen", "rejected", `loss ${loss}`]];
-  if (steer) pairs.push(["posChosen", "posRejected", "sso steer"], ["negChosen", "negRejected", "sso steer"]);
+  const pairs = pairsRead(config);
   for (const [w, l, why] of pairs)
     for (const key of [w, l]) reqs.push({ group: "policy", key, reason: `required by ${why}` });
   for (const [w, l] of pairs) {
@@ -289,6 +334,9 @@ function requirements(config: ObjectiveConfig): Requirement[] {
       for (const key of keys) reqs.push({ group: "tokens", key, reason: "required by sso ftx > 0" });
     }
   }
+  if (generator !== undefined && generator.sftWeight > 0)
+    for (const [w] of pairs)
+      reqs.push({ group: "tokens", key: w, reason: "required by generator sftWeight > 0" });
   return reqs;
 }
 
@@ -397,7 +445,8 @@ export interface RecordObjective {
   steerLoss: number;
   sftLoss: number;
   weight: number;
-  pairs: { main: PairMetrics; pos?: PairMetrics; neg?: PairMetrics };
+  /** The main pair is absent only under the generator objective, which never reads it. */
+  pairs: { main?: PairMetrics; pos?: PairMetrics; neg?: PairMetrics };
 }
 
 function pairNumbers(record: ObjectiveRecord, w: SeqKey, l: SeqKey): PairNumbers {
@@ -443,6 +492,7 @@ function pairMetrics(config: ObjectiveConfig, p: PairNumbers): PairMetrics {
  * (B(pos) + B(neg)); steer off ("w/o G"): L = W (B(main) + ftx SFT_main). Records must be validated.
  */
 export function recordObjective(config: ObjectiveConfig, record: ObjectiveRecord): RecordObjective {
+  if (config.generator !== undefined) return generatorRecordObjective(config, config.generator, record);
   const main = pairNumbers(record, "chosen", "rejected");
   const mainLoss = baseLoss(config, main);
   const grad: SeqValues = { chosen: mainLoss.dChosen, rejected: mainLoss.dRejected };
@@ -497,6 +547,42 @@ export function recordObjective(config: ObjectiveConfig, record: ObjectiveRecord
   return { loss, grad, mainLoss: mainLoss.loss, steerLoss, sftLoss: sft, weight: W, pairs };
 }
 
+/**
+ * The generator objective of one record: the sum over the enabled steering pairs of
+ * B(pair) + gamma SFT(pair's chosen), where SFT(y) = -l_y / n_y is the per-token negative log-likelihood.
+ * With gamma > 0 the chosen side is pulled up in absolute terms, not only relative to the rejected one,
+ * which keeps the generator's y+ and y0 fluent while they drift apart.
+ */
+function generatorRecordObjective(
+  config: ObjectiveConfig,
+  gen: GeneratorOptions,
+  record: ObjectiveRecord,
+): RecordObjective {
+  const grad: SeqValues = {};
+  const pairs: RecordObjective["pairs"] = {};
+  let steerLoss = 0;
+  let sftLoss = 0;
+  const terms: Array<["pos" | "neg", SeqKey, SeqKey, boolean]> = [
+    ["pos", "posChosen", "posRejected", gen.pos],
+    ["neg", "negChosen", "negRejected", gen.neg],
+  ];
+  for (const [name, w, l, on] of terms) {
+    if (!on) continue;
+    const numbers = pairNumbers(record, w, l);
+    const pairLoss = baseLoss(config, numbers);
+    steerLoss += pairLoss.loss;
+    grad[w] = pairLoss.dChosen;
+    grad[l] = pairLoss.dRejected;
+    if (gen.sftWeight > 0) {
+      sftLoss += -numbers.chosen / numbers.chosenTokens;
+      grad[w] = pairLoss.dChosen - gen.sftWeight / numbers.chosenTokens;
+    }
+    pairs[name] = pairMetrics(config, numbers);
+  }
+  const loss = steerLoss + gen.sftWeight * sftLoss;
+  return { loss, grad, mainLoss: 0, steerLoss, sftLoss, weight: 1, pairs };
+}
+
 /** The objective over a batch: the mean loss, its gradient per record, and the logged metrics. */
 export interface ObjectiveResult {
   loss: number;
@@ -527,7 +613,8 @@ function addPairMetrics(
  * The batch objective: mean of `recordObjective` over records, gradients of that mean, and metrics
  * (TRL / SSO-reference names, means over records): rewards/{chosen,rejected,accuracies,margins},
  * logps/{chosen,rejected}, their p_ and n_ variants when steering, sso/weight, loss/main, loss/steer,
- * loss/sft (when ftx > 0). Throws UserError naming record and field when an input is missing or bad.
+ * loss/sft (when ftx > 0). Under `generator` there is no main pair: p_/n_ metrics of the enabled pairs,
+ * loss/steer (sum of their B) and loss/sft (sum of their unweighted SFT terms). Throws UserError naming record and field when an input is missing or bad.
  */
 export function ssoObjective(config: ObjectiveConfig, records: readonly ObjectiveRecord[]): ObjectiveResult {
   if (records.length === 0) throw new UserError("records: at least one record is needed");
@@ -545,28 +632,27 @@ export function ssoObjective(config: ObjectiveConfig, records: readonly Objectiv
 
   const metrics: Record<string, number> = {};
   const withLogps = config.loss !== "bt";
-  addPairMetrics(
-    metrics,
-    "",
-    perRecord.map((r) => r.pairs.main),
-    withLogps,
-  );
-  const sso = config.sso;
-  if (sso?.steer) {
-    addPairMetrics(
-      metrics,
-      "p_",
-      perRecord.map((r) => r.pairs.pos!),
-      withLogps,
-    );
-    addPairMetrics(
-      metrics,
-      "n_",
-      perRecord.map((r) => r.pairs.neg!),
-      withLogps,
-    );
-  }
+  // Every record reads the same pairs, so the first one says which pairs to report.
+  const reported: Array<["main" | "pos" | "neg", string]> = [
+    ["main", ""],
+    ["pos", "p_"],
+    ["neg", "n_"],
+  ];
+  for (const [pair, prefix] of reported)
+    if (perRecord[0].pairs[pair] !== undefined)
+      addPairMetrics(
+        metrics,
+        prefix,
+        perRecord.map((r) => r.pairs[pair]!),
+        withLogps,
+      );
   const mean = (f: (r: RecordObjective) => number) => perRecord.reduce((s, r) => s + f(r), 0) / n;
+  const sso = config.sso;
+  if (config.generator !== undefined) {
+    metrics["loss/steer"] = mean((r) => r.steerLoss);
+    if (config.generator.sftWeight > 0) metrics["loss/sft"] = mean((r) => r.sftLoss);
+    return { loss, grad, metrics };
+  }
   metrics["loss/main"] = mean((r) => r.mainLoss);
   if (sso !== undefined) {
     metrics["sso/weight"] = mean((r) => r.weight);
