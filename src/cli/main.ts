@@ -9,6 +9,7 @@ const commandModules = [
   "export",
   "generate",
   "iterate",
+  "judge",
   "logprobs",
   "model",
   "objective",

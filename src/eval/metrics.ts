@@ -42,13 +42,27 @@ export function lengthControlledWinRate(
   policyLengths: ArrayLike<number>,
   baseLengths: ArrayLike<number>,
 ): number {
-  const n = policyScores.length;
-  if (n === 0) return 0.5;
   const outcomes = Array.from(policyScores, (p, i) => compareScores(p, baseScores[i]));
+  return lengthControlledWinRateFromOutcomes(outcomes, policyLengths, baseLengths);
+}
+
+/**
+ * The same length-controlled win rate from outcomes already decided (1 win, 0 loss, 0.5 tie, or any
+ * soft value in between, such as the mean of a judge's two verdicts in swapped orders).
+ */
+export function lengthControlledWinRateFromOutcomes(
+  outcomes: ArrayLike<number>,
+  policyLengths: ArrayLike<number>,
+  baseLengths: ArrayLike<number>,
+): number {
+  const n = outcomes.length;
+  if (n === 0) return 0.5;
+  if (policyLengths.length !== n || baseLengths.length !== n)
+    throw new RangeError("lengthControlledWinRate: outcome and length lists differ in length");
   const diffs = Array.from(policyLengths, (l, i) => l - baseLengths[i]);
   const scale = stddev(diffs) || 1;
   const xs = diffs.map((d) => Math.tanh(d / scale));
-  const { b0 } = fitLogistic(xs, outcomes, 1e-2);
+  const { b0 } = fitLogistic(xs, Array.from(outcomes), 1e-2);
   return sigmoid(b0);
 }
 
