@@ -4,6 +4,7 @@
  */
 import { join } from "node:path";
 import { mean, stddev } from "../eval/metrics.js";
+import { type PairedDifference, pairedBootstrap } from "../eval/paired.js";
 import { lineChartSvg, type Series, svgToPng } from "../eval/plot.js";
 import { markdownTable } from "../eval/table.js";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fsio.js";
@@ -30,11 +31,36 @@ export interface AggregatedIteration {
   [metric: string]: number | null;
 }
 
+/** The method every other one is compared with, seed by seed: same data, plain loss on the main pair. */
+export const PAIRED_BASELINE = "pbaa";
+/** The metrics compared seed by seed against the baseline (names as in `iterations`). */
+export const PAIRED_METRICS = [
+  "goldScore",
+  "winRateLC",
+  "meanLength",
+  "signalAccuracy",
+  "onPolicyGap",
+] as const;
+/** A metric key of PAIRED_METRICS. */
+export type PairedMetric = (typeof PAIRED_METRICS)[number];
+/** One iteration's paired difference of a method against the baseline. */
+export interface PairedRow extends PairedDifference {
+  iteration: number;
+}
+
+/** One method's rows in report.json. */
+export interface MethodReport {
+  iterations: AggregatedIteration[];
+  perSeed: IterationMetrics[][];
+  /** Per metric, method - pbaa per iteration over the seeds both finished (present with >= 2 such seeds). */
+  paired?: Record<PairedMetric, PairedRow[]>;
+}
+
 /** The content of report.json. */
 export interface RunReport {
   name: string;
   seeds: number[];
-  methods: Record<string, { iterations: AggregatedIteration[]; perSeed: IterationMetrics[][] }>;
+  methods: Record<string, MethodReport>;
   /** Where the figures came from (command line, settings). */
   provenance: Record<string, unknown>;
 }
@@ -62,7 +88,46 @@ export function aggregateRuns(
     }
     methods[method] = { iterations, perSeed: runs };
   }
+  const baseline = perMethod[PAIRED_BASELINE];
+  if (baseline !== undefined)
+    for (const [method, runs] of Object.entries(perMethod)) {
+      if (method === PAIRED_BASELINE) continue;
+      const paired = pairedAgainst(method, runs, baseline);
+      if (paired !== undefined) methods[method].paired = paired;
+    }
   return { name, seeds, methods, provenance };
+}
+
+/**
+ * Paired differences of one method against the baseline. runs[i] and baseline[i] belong to the same
+ * seed (the i-th of the experiment's seeds), so only the first min(len) runs pair up; a seed enters an
+ * iteration's row when both finished that iteration with the metric present. Undefined when no
+ * iteration has two paired seeds (one seed gives no interval).
+ */
+function pairedAgainst(
+  method: string,
+  runs: IterationMetrics[][],
+  baseline: IterationMetrics[][],
+): Record<PairedMetric, PairedRow[]> | undefined {
+  const seeds = Math.min(runs.length, baseline.length);
+  const iterations = Math.max(0, ...runs.slice(0, seeds).map((r) => r.length));
+  const out = {} as Record<PairedMetric, PairedRow[]>;
+  let informative = false;
+  for (const metric of PAIRED_METRICS) {
+    out[metric] = [];
+    for (let k = 0; k < iterations; k++) {
+      const diffs: number[] = [];
+      for (let i = 0; i < seeds; i++) {
+        const a = runs[i][k]?.[metric];
+        const b = baseline[i][k]?.[metric];
+        if (typeof a === "number" && typeof b === "number") diffs.push(a - b);
+      }
+      if (diffs.length === 0) continue;
+      if (diffs.length >= 2) informative = true;
+      out[metric].push({ iteration: k, ...pairedBootstrap(diffs, `${method}/${metric}/${k}`) });
+    }
+  }
+  return informative ? out : undefined;
 }
 
 /** Renders report.md: a per-iteration table per method and a final-iteration comparison. */
@@ -110,6 +175,36 @@ export function reportMarkdown(report: RunReport): string {
     ]),
   );
   lines.push(markdownTable(header, rows), "");
+  const pairedRows = Object.entries(report.methods).flatMap(([method, { paired }]) =>
+    paired === undefined
+      ? []
+      : paired.goldScore
+          .filter((row) => row.iteration > 0)
+          .map((row) => [
+            method,
+            String(row.iteration),
+            String(row.seeds),
+            ...PAIRED_METRICS.map((metric) => {
+              const r = paired[metric].find((x) => x.iteration === row.iteration);
+              const d = digitsFor(metric);
+              return r === undefined ? "—" : `${r.diff.toFixed(d)} [${r.lo.toFixed(d)}, ${r.hi.toFixed(d)}]`;
+            }),
+          ]),
+  );
+  if (pairedRows.length > 0) {
+    lines.push(`## Paired differences against ${PAIRED_BASELINE}`, "");
+    lines.push(
+      `Mean over seeds of (method - ${PAIRED_BASELINE}) on the same seed, with a percentile-bootstrap 95% interval.`,
+      "",
+    );
+    lines.push(
+      markdownTable(
+        ["method", "iter", "seeds", "gold", "LC win", "length", "signal acc", "on-policy gap"],
+        pairedRows,
+      ),
+      "",
+    );
+  }
   lines.push(
     "Iteration 0 is the base policy. gold: mean gold score of greedy answers to the held-out queries (no system",
     "prompt); win / LC win: against the base policy's answers, raw and length-controlled; exact: exact-match",
