@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { type LlamaConfig, LlamaConfigSchema } from "../src/engine/config.js";
+import { createKvCache } from "../src/engine/decode.js";
 import { PlainKernels } from "../src/engine/kernels/plain.js";
 import { LlamaModel, type TokenBatch } from "../src/engine/model.js";
 import { generateTokens, SamplerScratch, sampleFromLogits } from "../src/engine/sampler.js";
@@ -59,8 +60,8 @@ test("KV-cache logits equal full recomputation at every step (ragged prompts, GQ
     randomPrompt(rng, 2, V),
   ];
   const seqs = prompts.map((p) => p.slice());
-  const cache = model.createKvCache(prompts.length, 320);
-  let logits = model.prefill(cache, prompts).slice();
+  const cache = createKvCache(model, prompts.length, 320);
+  let logits = cache.prefill(prompts).slice();
   let active = [0, 1, 2, 3];
   let worst = 0;
   for (let step = 0; step < 6; step++) {
@@ -73,17 +74,17 @@ test("KV-cache logits equal full recomputation at every step (ragged prompts, GQ
     if (step === 2) active = active.filter((s) => s !== 1);
     const tokens = active.map((slot) => (slot * 7 + step * 3) % V);
     for (const [i, slot] of active.entries()) seqs[slot].push(tokens[i]);
-    logits = model.decodeStep(cache, Int32Array.from(active), Int32Array.from(tokens)).slice();
+    logits = cache.decodeStep(Int32Array.from(active), Int32Array.from(tokens)).slice();
     assert.deepEqual(
       active.map((s) => cache.lengths[s]),
       active.map((s) => seqs[s].length),
     );
   }
   assert.ok(worst < 2e-5, `max |cached - recomputed| logit = ${worst}`);
-  const small = model.createKvCache(1, 2);
-  model.prefill(small, [[1, 2]]);
-  assert.throws(() => model.decodeStep(small, Int32Array.from([0]), Int32Array.from([3])), /slot 0 is full/);
-  assert.throws(() => model.decodeStep(cache, Int32Array.from([0]), Int32Array.from([0])), /stale/);
+  const small = createKvCache(model, 1, 2);
+  small.prefill([[1, 2]]);
+  assert.throws(() => small.decodeStep(Int32Array.from([0]), Int32Array.from([3])), /slot 0 is full/);
+  assert.throws(() => cache.decodeStep(Int32Array.from([0]), Int32Array.from([0])), /stale/);
 });
 
 test("sampled log-probs are the model's log-probs of the generated sequence", () => {

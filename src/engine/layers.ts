@@ -213,9 +213,38 @@ export function linearBackward(
 // Head split/merge with rotate-half RoPE
 // ---------------------------------------------------------------------------------------------
 
-// src [B*T, srcStride] holding `heads` heads at columns [col, col + heads*D) -> dst [B, heads, T, D].
-// With a rope table, each head vector at position t is rotated on the pairs (i, i + D/2):
-//   out_i = x_i cos - x_{i+D/2} sin,  out_{i+D/2} = x_{i+D/2} cos + x_i sin.
+// The one RoPE rotation every path uses. A head vector x at position p is rotated on the pairs
+// (i, i + D/2) by the angles of table row p:
+//   out_i = x_i cos - x_{i+D/2} sin,  out_{i+D/2} = x_{i+D/2} cos + x_i sin      (sign = 1)
+// sign = -1 applies the inverse rotation (the transpose), which is also RoPE's backward:
+//   dx_i = dy_i cos + dy_{i+D/2} sin,  dx_{i+D/2} = dy_{i+D/2} cos - dy_i sin.
+// dst may be src at the same offset (in place).
+/** Rotates one head vector src[sOff, sOff + D) into dst[dOff, dOff + D) by RoPE at `position`. */
+export function ropeRotate(
+  dst: Float32Array,
+  dOff: number,
+  src: Float32Array,
+  sOff: number,
+  rope: RopeTable,
+  position: number,
+  sign: 1 | -1,
+): void {
+  const half = rope.half;
+  const cs = position * half;
+  const cos = rope.cos;
+  const sin = rope.sin;
+  for (let i = 0; i < half; i++) {
+    const x1 = src[sOff + i];
+    const x2 = src[sOff + half + i];
+    const c = cos[cs + i];
+    const sn = sign * sin[cs + i];
+    dst[dOff + i] = x1 * c - x2 * sn;
+    dst[dOff + half + i] = x2 * c + x1 * sn;
+  }
+}
+
+// src [B*T, srcStride] holding `heads` heads at columns [col, col + heads*D) -> dst [B, heads, T, D],
+// each head vector at position t rotated by RoPE when a table is given.
 /** Scatters heads into head-major layout, applying RoPE when `rope` is given. */
 export function splitHeads(
   dst: Float32Array,
@@ -228,36 +257,22 @@ export function splitHeads(
   D: number,
   rope: RopeTable | null,
 ): void {
-  const half = D / 2;
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < T; t++) {
       const rowOff = (b * T + t) * srcStride + col;
-      const cs = t * half;
       for (let h = 0; h < heads; h++) {
         const s = rowOff + h * D;
         const d = ((b * heads + h) * T + t) * D;
-        if (rope === null) {
-          for (let i = 0; i < D; i++) dst[d + i] = src[s + i];
-          continue;
-        }
-        const cos = rope.cos;
-        const sin = rope.sin;
-        for (let i = 0; i < half; i++) {
-          const x1 = src[s + i];
-          const x2 = src[s + half + i];
-          const c = cos[cs + i];
-          const sn = sin[cs + i];
-          dst[d + i] = x1 * c - x2 * sn;
-          dst[d + half + i] = x2 * c + x1 * sn;
-        }
+        if (rope === null) for (let i = 0; i < D; i++) dst[d + i] = src[s + i];
+        else ropeRotate(dst, d, src, s, rope, t, 1);
       }
     }
   }
 }
 
 // src [B, heads, T, D] -> dst [B*T, dstStride] at columns [col, col + heads*D) (overwritten).
-// With a rope table this applies the inverse rotation (the transpose), which is exactly the backward
-// of splitHeads with RoPE: dx_i = dy_i cos + dy_{i+D/2} sin, dx_{i+D/2} = dy_{i+D/2} cos - dy_i sin.
+// With a rope table this applies the inverse rotation, which is exactly the backward of splitHeads
+// with RoPE.
 /** Gathers head-major vectors back into flat rows (also the backward of splitHeads). */
 export function mergeHeads(
   dst: Float32Array,
@@ -270,28 +285,14 @@ export function mergeHeads(
   D: number,
   ropeInverse: RopeTable | null,
 ): void {
-  const half = D / 2;
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < T; t++) {
       const rowOff = (b * T + t) * dstStride + col;
-      const cs = t * half;
       for (let h = 0; h < heads; h++) {
         const d = rowOff + h * D;
         const s = ((b * heads + h) * T + t) * D;
-        if (ropeInverse === null) {
-          for (let i = 0; i < D; i++) dst[d + i] = src[s + i];
-          continue;
-        }
-        const cos = ropeInverse.cos;
-        const sin = ropeInverse.sin;
-        for (let i = 0; i < half; i++) {
-          const y1 = src[s + i];
-          const y2 = src[s + half + i];
-          const c = cos[cs + i];
-          const sn = sin[cs + i];
-          dst[d + i] = y1 * c + y2 * sn;
-          dst[d + half + i] = y2 * c - y1 * sn;
-        }
+        if (ropeInverse === null) for (let i = 0; i < D; i++) dst[d + i] = src[s + i];
+        else ropeRotate(dst, d, src, s, ropeInverse, t, -1);
       }
     }
   }
@@ -307,19 +308,7 @@ export function ropeRowInPlace(
   rope: RopeTable,
   pos: number,
 ): void {
-  const half = D / 2;
-  const cs = pos * half;
-  for (let h = 0; h < heads; h++) {
-    const s = off + h * D;
-    for (let i = 0; i < half; i++) {
-      const x1 = x[s + i];
-      const x2 = x[s + half + i];
-      const c = rope.cos[cs + i];
-      const sn = rope.sin[cs + i];
-      x[s + i] = x1 * c - x2 * sn;
-      x[s + half + i] = x2 * c + x1 * sn;
-    }
-  }
+  for (let h = 0; h < heads; h++) ropeRotate(x, off + h * D, x, off + h * D, rope, pos, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,20 +359,32 @@ export function attentionForward(
 
 /** Row-wise softmax of a [len, len] score block over j <= i, zeroing j > i. */
 function causalSoftmaxInPlace(p: Float32Array, len: number): void {
-  for (let i = 0; i < len; i++) {
-    const row = i * len;
-    let max = Number.NEGATIVE_INFINITY;
-    for (let j = 0; j <= i; j++) if (p[row + j] > max) max = p[row + j];
-    let sum = 0;
-    for (let j = 0; j <= i; j++) {
-      const e = fastExp(p[row + j] - max);
-      p[row + j] = e;
-      sum += e;
-    }
-    const inv = 1 / sum;
-    for (let j = 0; j <= i; j++) p[row + j] *= inv;
-    for (let j = i + 1; j < len; j++) p[row + j] = 0;
+  for (let i = 0; i < len; i++) softmaxSpanInPlace(p, i * len, 0, i + 1, len);
+}
+
+// x[row + j] for j in [from, to) -> softmax over that span (max-subtracted, so any finite scores work);
+// j in [0, from) and [to, width) are set to 0 (masked keys). The one attention softmax of the engine:
+// training attention and KV-cache decoding both call it.
+/** Softmax over a visible span of one score row, zeroing the masked rest of the row. */
+export function softmaxSpanInPlace(
+  x: Float32Array,
+  row: number,
+  from: number,
+  to: number,
+  width: number,
+): void {
+  let max = Number.NEGATIVE_INFINITY;
+  for (let j = from; j < to; j++) if (x[row + j] > max) max = x[row + j];
+  let sum = 0;
+  for (let j = from; j < to; j++) {
+    const e = fastExp(x[row + j] - max);
+    x[row + j] = e;
+    sum += e;
   }
+  const inv = 1 / sum;
+  for (let j = from; j < to; j++) x[row + j] *= inv;
+  for (let j = 0; j < from; j++) x[row + j] = 0;
+  for (let j = to; j < width; j++) x[row + j] = 0;
 }
 
 // dout [B, H, T, D] -> dq [B, H, T, D] (overwritten), dk, dv [B, KVH, T, D] (overwritten; the query

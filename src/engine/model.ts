@@ -1,15 +1,17 @@
 /**
  * A Llama decoder (Hugging Face LlamaForCausalLM semantics, fp32) with hand-written forward and
- * backward passes, plus the reward-model variant (LlamaForSequenceClassification score head) and
- * incremental decoding with a KV cache.
+ * backward passes over whole batches, for scoring and training; with a score head it is the reward
+ * model (LlamaForSequenceClassification). Incremental decoding with a KV cache lives in decode.ts and
+ * runs on this model's weights.
  *
  * Memory: parameters live in one big buffer laid out in `llamaParamSpecs` order, gradients in a second
- * buffer with the same layout, activations in one arena planned for the largest batch seen so far
- * (`reserve` grows it only when needed), and decoding uses a second arena holding the KV cache. All
- * of them come from `kernels.alloc`, so a WASM backend computes on them in place. The q/k/v and the
- * gate/up projections are adjacent in the parameter order, so each pair runs as one fused matmul.
+ * buffer with the same layout, activations in one arena (arena.ts) planned for the largest batch seen
+ * so far (`reserve` grows it only when needed). All of them come from `kernels.alloc`, so a WASM
+ * backend computes on them in place. The q/k/v and the gate/up projections are adjacent in the
+ * parameter order, so each pair runs as one fused matmul.
  */
 import type { Rng } from "../util/rng.js";
+import { KernelArena } from "./arena.js";
 import { type LlamaConfig, type ModelDims, modelDims } from "./config.js";
 import type { Kernels } from "./kernels/types.js";
 import {
@@ -17,14 +19,12 @@ import {
   attentionForward,
   embeddingBackward,
   embeddingForward,
-  fastExp,
   linearBackward,
   linearForward,
   mergeHeads,
   RopeTable,
   rmsnormBackward,
   rmsnormForward,
-  ropeRowInPlace,
   splitHeads,
   swigluBackward,
   swigluForward,
@@ -70,7 +70,7 @@ export interface LoadTensorsOptions {
 }
 
 /** Views into one layer's weights (or gradients); qkv and gu are the fused adjacent projections. */
-interface LayerWeights {
+export interface LayerWeights {
   ln1: Float32Array; // [C]
   qkv: Float32Array; // [qDim + 2*kvDim, C]
   o: Float32Array; // [C, qDim]
@@ -131,85 +131,6 @@ interface Pending {
   T: number;
 }
 
-/** Per-slot key/value storage for incremental decoding; create with `LlamaModel.createKvCache`. */
-export class KvCache {
-  /** Tokens stored so far in each slot (the position of the next token). */
-  readonly lengths: Int32Array;
-
-  /** Use `LlamaModel.createKvCache`. */
-  constructor(
-    readonly slots: number,
-    readonly maxLen: number,
-    /** Per layer [slots, KVH, maxLen, D], RoPE applied. */
-    readonly keys: Float32Array[],
-    /** Per layer [slots, KVH, maxLen, D]. */
-    readonly values: Float32Array[],
-    readonly generation: number,
-  ) {
-    this.lengths = new Int32Array(slots);
-  }
-}
-
-/** Scratch for `extendCache`, sized for `rows` token rows per chunk. */
-interface DecodeWorkspace {
-  rows: number;
-  x: Float32Array; // [R, C] residual stream
-  xn: Float32Array; // [R, C] normed
-  rstd: Float32Array; // [R]
-  qkv: Float32Array; // [R, qkvDim]
-  attn: Float32Array; // [R, qDim]
-  gu: Float32Array; // [R, 2I]
-  h: Float32Array; // [R, I]
-  sig: Float32Array; // [R, I]
-  qBlock: Float32Array; // [R*rep, D] queries of one slot and kv head
-  oBlock: Float32Array; // [R*rep, D]
-  scores: Float32Array; // [R*rep, maxLen]
-  xf: Float32Array; // [R, C] final-normed rows that want logits
-  logits: Float32Array; // [slots, V]
-}
-
-/** Rows in one chunk of cache extension; bounds decode scratch memory independently of prompt sizes. */
-const DECODE_CHUNK_ROWS = 256;
-/** Arena sub-buffers start on 64-byte boundaries, so SIMD kernels see aligned rows where they can. */
-const ALIGN = 16;
-
-/** Carves sub-buffers out of one allocation; a dry run (no buffer) only measures. */
-class Carver {
-  offset = 0;
-  constructor(private readonly buffer: Float32Array | null) {}
-
-  /** The next `length` floats. */
-  take(length: number): Float32Array {
-    const start = this.offset;
-    this.offset += Math.ceil(length / ALIGN) * ALIGN;
-    return this.buffer === null ? new Float32Array(0) : this.buffer.subarray(start, start + length);
-  }
-}
-
-/**
- * Allocates a set of buffers in one piece: `plan` is called twice, first to measure, then to carve.
- * The piece it replaces (if any) goes back to the kernels, so an arena that grows step by step (longer
- * and longer batches) does not pile up kernel memory, which is never garbage-collected.
- */
-function carveArena<T>(
-  kernels: Kernels,
-  previous: Float32Array | null,
-  plan: (take: (length: number) => Float32Array) => T,
-): { layout: T; buffer: Float32Array } {
-  const dry = new Carver(null);
-  plan((n) => dry.take(n));
-  releaseBuffer(kernels, previous);
-  const buffer = kernels.alloc(Math.max(dry.offset, 1));
-  const real = new Carver(buffer);
-  return { layout: plan((n) => real.take(n)), buffer };
-}
-
-/** Returns a buffer to kernels that can reuse memory (the WASM heap); a no-op elsewhere (GC frees it). */
-function releaseBuffer(kernels: Kernels, buffer: Float32Array | null): void {
-  const releasable = kernels as Kernels & { release?: (view: Float32Array) => void };
-  if (buffer !== null && typeof releasable.release === "function") releasable.release(buffer);
-}
-
 /** A Llama decoder with parameters, gradients and activations in kernel memory. */
 export class LlamaModel {
   readonly config: LlamaConfig;
@@ -221,27 +142,26 @@ export class LlamaModel {
   /** True when next-token log-probs are available (lm_head.weight or tied embeddings). */
   readonly hasLmHead: boolean;
 
-  private readonly kernels: Kernels;
+  /** The kernels every buffer of this model was allocated from. */
+  readonly kernels: Kernels;
+  /** The RoPE table of this model's head size and base (decode.ts grows it for its caches). */
+  readonly rope: RopeTable;
   private readonly index = new Map<string, { offset: number; shape: number[] }>();
   private readonly qDim: number;
   private readonly kvDim: number;
   private readonly qkvDim: number;
-  private readonly rope: RopeTable;
   private readonly weights: LayerWeights[];
   private readonly gradWeights: LayerWeights[];
   private acts: Activations | null = null;
-  /** The one kernel buffer all activations are carved from (released when the arena grows). */
-  private actsBuffer: Float32Array | null = null;
+  /** The one kernel buffer all activations are carved from (regrown as batches grow). */
+  private readonly actsArena: KernelArena;
   private pending: Pending | null = null;
-  private decode: DecodeWorkspace | null = null;
-  private decodeFloats = 0;
-  private decodeArena: Float32Array | null = null;
-  private cacheGeneration = 0;
 
   /** Allocates parameters and gradients (zero) for a config; fill them with initRandom or loadTensors. */
   constructor(config: LlamaConfig, kernels: Kernels, options: LlamaModelOptions = {}) {
     this.config = config;
     this.kernels = kernels;
+    this.actsArena = new KernelArena(kernels);
     this.dims = modelDims(config);
     this.hasScoreHead = options.scoreHead === true;
     this.hasLmHead = !this.hasScoreHead || this.dims.tied;
@@ -303,6 +223,16 @@ export class LlamaModel {
   private lmHead(buffer: Float32Array): Float32Array | null {
     if (!this.hasLmHead) return null;
     return this.view(buffer, this.dims.tied ? "model.embed_tokens.weight" : "lm_head.weight");
+  }
+
+  /** Views of layer l's weights (q/k/v and gate/up fused), for code that runs the decoder (decode.ts). */
+  layerWeights(l: number): LayerWeights {
+    return this.weights[l];
+  }
+
+  /** The LM head weight [V, C] (the embedding when tied), or null for a pure reward model. */
+  lmHeadWeights(): Float32Array | null {
+    return this.lmHead(this.params);
   }
 
   /** A view of one parameter tensor. */
@@ -382,7 +312,7 @@ export class LlamaModel {
     const S = Math.max(square, a?.scoresSquare ?? 0);
     const { hidden: C, intermediate: I, vocab: V } = d;
     const V_ = this.hasLmHead ? V : 0;
-    const carved = carveArena(this.kernels, this.actsBuffer, (take) => ({
+    this.acts = this.actsArena.carve((take) => ({
       tokens: N,
       probsPerLayer: P,
       scoresSquare: S,
@@ -419,8 +349,6 @@ export class LlamaModel {
       dH: take(N * I),
       dLogits: take(N * V_),
     }));
-    this.acts = carved.layout;
-    this.actsBuffer = carved.buffer;
     this.pending = null;
   }
 
@@ -677,274 +605,5 @@ export class LlamaModel {
       }
     }
     this.backboneBackward(dLnf, p);
-  }
-
-  // -------------------------------------------------------------------------------------------
-  // Incremental decoding
-  // -------------------------------------------------------------------------------------------
-
-  /**
-   * A KV cache for `slots` sequences of up to `maxLen` tokens each. Its memory is reused by the next
-   * createKvCache call (kernel memory cannot be freed), which makes this cache stale.
-   */
-  createKvCache(slots: number, maxLen: number): KvCache {
-    if (!Number.isInteger(slots) || slots < 1 || !Number.isInteger(maxLen) || maxLen < 1)
-      throw new Error(`KV cache needs positive integer slots and maxLen, got ${slots} and ${maxLen}`);
-    const d = this.dims;
-    const { hidden: C, intermediate: I, headDim: D, kvHeads: KVH } = d;
-    const R = DECODE_CHUNK_ROWS;
-    const rep = d.heads / KVH;
-    const perCache = slots * KVH * maxLen * D;
-    const plan = (take: (n: number) => Float32Array) => ({
-      keys: Array.from({ length: d.layers }, () => take(perCache)),
-      values: Array.from({ length: d.layers }, () => take(perCache)),
-      work: {
-        rows: R,
-        x: take(R * C),
-        xn: take(R * C),
-        rstd: take(R),
-        qkv: take(R * this.qkvDim),
-        attn: take(R * this.qDim),
-        gu: take(R * 2 * I),
-        h: take(R * I),
-        sig: take(R * I),
-        qBlock: take(R * rep * D),
-        oBlock: take(R * rep * D),
-        scores: take(R * rep * maxLen),
-        xf: take(R * C),
-        logits: take(slots * (this.hasLmHead ? d.vocab : 0)),
-      } satisfies DecodeWorkspace,
-    });
-    const dry = new Carver(null);
-    plan((n) => dry.take(n));
-    if (this.decodeArena === null || dry.offset > this.decodeFloats) {
-      releaseBuffer(this.kernels, this.decodeArena);
-      this.decodeArena = this.kernels.alloc(dry.offset);
-      this.decodeFloats = dry.offset;
-    }
-    const carver = new Carver(this.decodeArena);
-    const layout = plan((n) => carver.take(n));
-    this.decode = layout.work;
-    this.rope.ensure(maxLen);
-    this.cacheGeneration++;
-    return new KvCache(slots, maxLen, layout.keys, layout.values, this.cacheGeneration);
-  }
-
-  /**
-   * Appends prompt i to slot i of the cache (after what the slot holds) and returns logits
-   * [prompts.length, vocab] for each prompt's last token: a view valid until the next cache call.
-   */
-  prefill(cache: KvCache, prompts: readonly ArrayLike<number>[]): Float32Array {
-    if (prompts.length > cache.slots)
-      throw new Error(`${prompts.length} prompts do not fit a cache of ${cache.slots} slots`);
-    let rows = 0;
-    for (let i = 0; i < prompts.length; i++) {
-      if (prompts[i].length < 1) throw new Error(`prompt ${i} is empty`);
-      rows += prompts[i].length;
-    }
-    const rowSlot = new Int32Array(rows);
-    const rowToken = new Int32Array(rows);
-    const wantLogits = new Uint8Array(rows);
-    let r = 0;
-    for (let i = 0; i < prompts.length; i++) {
-      const prompt = prompts[i];
-      for (let t = 0; t < prompt.length; t++, r++) {
-        rowSlot[r] = i;
-        rowToken[r] = prompt[t];
-      }
-      wantLogits[r - 1] = 1;
-    }
-    return this.extendCache(cache, rowSlot, rowToken, wantLogits);
-  }
-
-  /**
-   * Appends tokens[i] to slot slots[i] for i < slots.length (distinct slots) and returns logits
-   * [slots.length, vocab] for each: a view valid until the next cache call.
-   */
-  decodeStep(cache: KvCache, slots: Int32Array, tokens: Int32Array): Float32Array {
-    if (tokens.length !== slots.length)
-      throw new Error(`decodeStep got ${slots.length} slots and ${tokens.length} tokens`);
-    if (slots.length > cache.slots)
-      throw new Error(`decodeStep got ${slots.length} rows for a cache of ${cache.slots} slots`);
-    return this.extendCache(cache, slots, tokens, new Uint8Array(slots.length).fill(1));
-  }
-
-  // Rows (slot, token) in order: each slot's rows consecutive and in sequence order -> logits of the
-  // flagged rows [count, V]. Processes rows in chunks of DECODE_CHUNK_ROWS; K/V of a chunk are written
-  // to the cache before its attention, so later rows of a slot see earlier ones.
-  private extendCache(
-    cache: KvCache,
-    rowSlot: Int32Array,
-    rowToken: Int32Array,
-    wantLogits: Uint8Array,
-  ): Float32Array {
-    if (cache.generation !== this.cacheGeneration || this.decode === null)
-      throw new Error("this KV cache is stale: a newer createKvCache call reused its memory");
-    const lmHead = this.lmHead(this.params);
-    if (lmHead === null) throw new Error("this reward model has no LM head to decode with");
-    const d = this.dims;
-    const V = d.vocab;
-    const total = rowSlot.length;
-    const positions = new Int32Array(total);
-    const next = cache.lengths.slice();
-    for (let r = 0; r < total; r++) {
-      const slot = rowSlot[r];
-      if (!(slot >= 0 && slot < cache.slots)) throw new Error(`slot ${slot} is outside [0, ${cache.slots})`);
-      const id = rowToken[r];
-      if (!(id >= 0 && id < V)) throw new Error(`token id ${id} is outside [0, ${V})`);
-      if (next[slot] >= cache.maxLen) throw new Error(`slot ${slot} is full (${cache.maxLen} tokens)`);
-      positions[r] = next[slot]++;
-    }
-    const w = this.decode;
-    let produced = 0;
-    for (let start = 0; start < total; start += w.rows) {
-      const end = Math.min(total, start + w.rows);
-      produced = this.extendChunk(
-        cache,
-        rowSlot,
-        rowToken,
-        positions,
-        wantLogits,
-        start,
-        end,
-        lmHead,
-        produced,
-      );
-    }
-    cache.lengths.set(next);
-    return w.logits.subarray(0, produced * V);
-  }
-
-  // One chunk of rows [start, end): the decoder on M = end - start rows, attention against the cache.
-  private extendChunk(
-    cache: KvCache,
-    rowSlot: Int32Array,
-    rowToken: Int32Array,
-    positions: Int32Array,
-    wantLogits: Uint8Array,
-    start: number,
-    end: number,
-    lmHead: Float32Array,
-    produced: number,
-  ): number {
-    const w = this.decode!;
-    const k = this.kernels;
-    const d = this.dims;
-    const { hidden: C, intermediate: I, heads: H, kvHeads: KVH, headDim: D, eps, vocab: V } = d;
-    const M = end - start;
-    const qDim = this.qDim;
-    const kvDim = this.kvDim;
-    const qkvDim = this.qkvDim;
-    const embed = this.tensor("model.embed_tokens.weight");
-    for (let i = 0; i < M; i++)
-      w.x.set(embed.subarray(rowToken[start + i] * C, rowToken[start + i] * C + C), i * C);
-    for (let l = 0; l < d.layers; l++) {
-      const lw = this.weights[l];
-      const keys = cache.keys[l];
-      const values = cache.values[l];
-      rmsnormForward(w.xn, w.rstd, w.x, lw.ln1, M, C, eps);
-      linearForward(k, w.qkv, w.xn, lw.qkv, M, C, qkvDim);
-      for (let i = 0; i < M; i++) {
-        const pos = positions[start + i];
-        const slot = rowSlot[start + i];
-        const row = i * qkvDim;
-        ropeRowInPlace(w.qkv, row, H, D, this.rope, pos);
-        ropeRowInPlace(w.qkv, row + qDim, KVH, D, this.rope, pos);
-        for (let kh = 0; kh < KVH; kh++) {
-          const dst = ((slot * KVH + kh) * cache.maxLen + pos) * D;
-          keys.set(w.qkv.subarray(row + qDim + kh * D, row + qDim + kh * D + D), dst);
-          values.set(w.qkv.subarray(row + qDim + kvDim + kh * D, row + qDim + kvDim + kh * D + D), dst);
-        }
-      }
-      this.cachedAttention(cache, l, rowSlot, positions, start, M);
-      linearForward(k, w.x, w.attn, lw.o, M, qDim, C, true);
-      rmsnormForward(w.xn, w.rstd, w.x, lw.ln2, M, C, eps);
-      linearForward(k, w.gu, w.xn, lw.gu, M, C, 2 * I);
-      swigluForward(w.h, w.sig, w.gu, M, I, k);
-      linearForward(k, w.x, w.h, lw.down, M, I, C, true);
-    }
-    let m = 0;
-    for (let i = 0; i < M; i++) {
-      if (wantLogits[start + i] === 0) continue;
-      w.xf.set(w.x.subarray(i * C, i * C + C), m * C);
-      m++;
-    }
-    if (m === 0) return produced;
-    rmsnormForward(w.xf, w.rstd, w.xf, this.tensor("model.norm.weight"), m, C, eps);
-    linearForward(k, w.logits.subarray(produced * V), w.xf, lmHead, m, C, V);
-    return produced + m;
-  }
-
-  // w.qkv rows of the chunk (RoPE applied, K/V already in the cache) -> w.attn [M, qDim]. Consecutive
-  // rows of one slot form a block; per kv head, its rep query heads of all block rows are one matmul
-  // against the slot's cached keys, masked causally by position.
-  private cachedAttention(
-    cache: KvCache,
-    layer: number,
-    rowSlot: Int32Array,
-    positions: Int32Array,
-    start: number,
-    M: number,
-  ): void {
-    const w = this.decode!;
-    const k = this.kernels;
-    const { heads: H, kvHeads: KVH, headDim: D } = this.dims;
-    const rep = H / KVH;
-    const qkvDim = this.qkvDim;
-    const qDim = this.qDim;
-    const scale = 1 / Math.sqrt(D);
-    const keys = cache.keys[layer];
-    const values = cache.values[layer];
-    let i0 = 0;
-    while (i0 < M) {
-      const slot = rowSlot[start + i0];
-      let i1 = i0 + 1;
-      while (
-        i1 < M &&
-        rowSlot[start + i1] === slot &&
-        positions[start + i1] === positions[start + i1 - 1] + 1
-      )
-        i1++;
-      const n = i1 - i0;
-      const p0 = positions[start + i0];
-      const keyLen = p0 + n;
-      const rowsQ = n * rep;
-      for (let kh = 0; kh < KVH; kh++) {
-        const kvOff = (slot * KVH + kh) * cache.maxLen * D;
-        // a single row's rep query heads are already contiguous: skip the gather
-        const q = n === 1 ? w.qkv.subarray(i0 * qkvDim + kh * rep * D) : w.qBlock;
-        const o = n === 1 ? w.attn.subarray(i0 * qDim + kh * rep * D) : w.oBlock;
-        if (n > 1)
-          for (let i = 0; i < n; i++)
-            w.qBlock.set(
-              w.qkv.subarray((i0 + i) * qkvDim + kh * rep * D, (i0 + i) * qkvDim + (kh + 1) * rep * D),
-              i * rep * D,
-            );
-        const s = w.scores;
-        k.sgemm(false, true, rowsQ, keyLen, D, scale, q, keys.subarray(kvOff), 0, s);
-        for (let i = 0; i < n; i++) {
-          const visible = p0 + i + 1;
-          for (let r = 0; r < rep; r++) {
-            const row = (i * rep + r) * keyLen;
-            let max = Number.NEGATIVE_INFINITY;
-            for (let j = 0; j < visible; j++) if (s[row + j] > max) max = s[row + j];
-            let sum = 0;
-            for (let j = 0; j < visible; j++) {
-              const e = fastExp(s[row + j] - max);
-              s[row + j] = e;
-              sum += e;
-            }
-            const inv = 1 / sum;
-            for (let j = 0; j < visible; j++) s[row + j] *= inv;
-            for (let j = visible; j < keyLen; j++) s[row + j] = 0;
-          }
-        }
-        k.sgemm(false, false, rowsQ, D, keyLen, 1, s, values.subarray(kvOff), 0, o);
-        if (n > 1)
-          for (let i = 0; i < n; i++)
-            w.attn.set(w.oBlock.subarray(i * rep * D, (i + 1) * rep * D), (i0 + i) * qDim + kh * rep * D);
-      }
-      i0 = i1;
-    }
   }
 }

@@ -6,6 +6,7 @@
  * what else is in the batch.
  */
 import { Rng } from "../util/rng.js";
+import { createKvCache } from "./decode.js";
 import { logSumExp } from "./layers.js";
 import type { LlamaModel } from "./model.js";
 
@@ -252,11 +253,8 @@ export function generateTokens(
   for (let startAt = 0; startAt < pendingRequests.length; startAt += maxBatch) {
     const group = pendingRequests.slice(startAt, startAt + maxBatch);
     const maxLen = Math.max(...group.map((r) => r.prompt.length + r.maxNew));
-    const cache = model.createKvCache(group.length, maxLen);
-    let logits = model.prefill(
-      cache,
-      group.map((r) => r.prompt),
-    );
+    const cache = createKvCache(model, group.length, maxLen);
+    let logits = cache.prefill(group.map((r) => r.prompt));
     let slots = group.map((_, i) => i);
     while (slots.length > 0) {
       const nextSlots: number[] = [];
@@ -278,7 +276,7 @@ export function generateTokens(
       });
       slots = nextSlots;
       if (slots.length > 0)
-        logits = model.decodeStep(cache, Int32Array.from(nextSlots), Int32Array.from(nextTokens));
+        logits = cache.decodeStep(Int32Array.from(nextSlots), Int32Array.from(nextTokens));
     }
   }
   return results;

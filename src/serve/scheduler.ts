@@ -10,8 +10,10 @@
  * All engine work runs on the event-loop thread in short synchronous steps; between steps the loop
  * yields, so HTTP requests are read and streamed tokens are written while a batch is running.
  */
+
+import { createKvCache, type KvCache } from "../engine/decode.js";
 import { logSumExp } from "../engine/layers.js";
-import type { KvCache, LlamaModel } from "../engine/model.js";
+import type { LlamaModel } from "../engine/model.js";
 import { SamplerScratch, type SamplingSettings, sampleFromLogits } from "../engine/sampler.js";
 import { Rng } from "../util/rng.js";
 
@@ -153,7 +155,7 @@ interface QueuedScore {
 
 /**
  * Copies the first `length` cached positions of slot `from` to slot `to` in every layer. The KvCache
- * layout is [slots, kvHeads, maxLen, headDim] per layer (model.ts); RoPE is applied at absolute
+ * layout is [slots, kvHeads, maxLen, headDim] per layer (decode.ts); RoPE is applied at absolute
  * positions, so a copied prefix is valid in any slot.
  */
 function copySlot(cache: KvCache, from: number, to: number, kvHeads: number, headDim: number): void {
@@ -448,7 +450,7 @@ export class BatchScheduler {
     for (const entry of this.queue)
       longest = Math.max(longest, entry.job.prompt.length + entry.job.maxTokens);
     const maxLen = Math.min(this.options.contextLength, Math.max(minLength, nextPowerOfTwo(longest)));
-    this.cache = this.model.createKvCache(this.options.maxBatch, maxLen);
+    this.cache = createKvCache(this.model, this.options.maxBatch, maxLen);
     return true;
   }
 
@@ -482,7 +484,7 @@ export class BatchScheduler {
         this.vacateSlotZero(cache);
         cache.lengths[0] = 0;
         // One prompt per prefill: its cache and logits are the same whatever else is queued.
-        const logits = this.model.prefill(cache, [job.prompt]);
+        const logits = cache.prefill([job.prompt]);
         for (let k = 0; k < n; k++) {
           const slot = k === 0 ? 0 : this.running.indexOf(null, 1);
           if (slot < 0) throw new Error("no free slot for an admitted sample");
@@ -518,7 +520,7 @@ export class BatchScheduler {
       slots.push(slot);
       tokens.push(sample.nextToken);
     }
-    const logits = this.model.decodeStep(cache, Int32Array.from(slots), Int32Array.from(tokens));
+    const logits = cache.decodeStep(Int32Array.from(slots), Int32Array.from(tokens));
     this.counters.steps++;
     this.counters.maxBatchSeen = Math.max(this.counters.maxBatchSeen, slots.length);
     slots.forEach((slot, row) => {
