@@ -15,6 +15,7 @@ import { BpeTokenizer } from "../engine/tokenizer.js";
 import { UserError } from "../util/errors.js";
 import { readJsonFile } from "../util/fsio.js";
 import { parseIntFlag, parseNumberFlag, printJson } from "./common.js";
+import { registerExport } from "./model-export.js";
 
 interface InitOptions {
   config: string;
@@ -127,4 +128,5 @@ Example:
     .description("print what a checkpoint directory holds (validates every tensor)")
     .requiredOption("--model <dir>", "checkpoint directory")
     .action((opts: { model: string }) => modelInfo(opts));
+  registerExport(model);
 }
