@@ -53,13 +53,34 @@ export function renderChat(messages: readonly ChatTurn[], options: ChatOptions =
 }
 
 /**
+ * Tokenizes a conversation in the tokenizer's chat format: the model's own template when its
+ * directory has one (tokenizer.chat, see chat-format.ts), else ChatML (encodeChatML).
+ */
+export function encodeChat(
+  tokenizer: BpeTokenizer,
+  messages: readonly ChatTurn[],
+  options: ChatOptions = {},
+): EncodedChat {
+  const format = tokenizer.chat;
+  return format === undefined ? encodeChatML(tokenizer, messages, options) : format.encode(messages, options);
+}
+
+/** The ids that end a generated turn in the tokenizer's chat format (ChatML: <|im_end|>, <|endoftext|>). */
+export function chatStopIds(tokenizer: BpeTokenizer): readonly number[] {
+  if (tokenizer.chat !== undefined) return tokenizer.chat.stopIds;
+  return ["<|im_end|>", "<|endoftext|>"]
+    .filter((t) => tokenizer.hasSpecial(t))
+    .map((t) => tokenizer.specialId(t));
+}
+
+/**
  * Tokenizes a conversation in ChatML with a response mask over assistant contents and their
  * <|im_end|>. Each content is encoded on its own, after its `role\n` header, exactly as the model
  * sees its own sampled reply after a generation prompt; the ids therefore equal encoding
  * renderChat(...) whole whenever no content starts with whitespace. Contents are plain text: a
  * "<|im_end|>" typed by a user stays characters and cannot close a turn.
  */
-export function encodeChat(
+export function encodeChatML(
   tokenizer: BpeTokenizer,
   messages: readonly ChatTurn[],
   options: ChatOptions = {},
@@ -98,13 +119,33 @@ export interface TokenizerConfigOptions {
 }
 
 /**
- * The HF `tokenizer_config.json` for a checkpoint using this tokenizer: a PreTrainedTokenizerFast
- * over tokenizer.json with the ChatML template, no BOS, EOS <|im_end|> (where the model stops) and
- * padding with <|endoftext|> (or the EOS token when there is none).
+ * The HF `tokenizer_config.json` for a checkpoint using this tokenizer: the one it was loaded with
+ * when that carries the model's own chat template (so a trained model keeps its format), else a
+ * PreTrainedTokenizerFast over tokenizer.json with the ChatML template, no BOS, EOS <|im_end|> (where
+ * the model stops) and padding with <|endoftext|> (or the EOS token when there is none).
  */
 export function tokenizerConfigJson(
   tokenizer: BpeTokenizer,
   options: TokenizerConfigOptions = {},
+): Record<string, unknown> {
+  const own = tokenizer.chat;
+  if (own !== undefined && own.template !== null) {
+    // A template read from chat_template.jinja goes into the config, so one file carries it.
+    const base = own.tokenizerConfig ?? chatMLTokenizerConfig(tokenizer, options);
+    return {
+      ...base,
+      chat_template:
+        typeof base.chat_template === "string" || Array.isArray(base.chat_template)
+          ? base.chat_template
+          : own.template,
+    };
+  }
+  return chatMLTokenizerConfig(tokenizer, options);
+}
+
+function chatMLTokenizerConfig(
+  tokenizer: BpeTokenizer,
+  options: TokenizerConfigOptions,
 ): Record<string, unknown> {
   const addedTokensDecoder: Record<string, unknown> = {};
   for (const a of tokenizer.addedTokens)

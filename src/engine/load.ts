@@ -4,6 +4,7 @@
  */
 import { join } from "node:path";
 import { UserError } from "../util/errors.js";
+import { loadChatFormat } from "./chat-format.js";
 import { CHECKPOINT_FILES, type LoadedCheckpoint, loadCheckpoint } from "./checkpoint.js";
 import type { LlamaConfig } from "./config.js";
 import type { Kernels } from "./kernels/types.js";
@@ -54,6 +55,14 @@ export function loadModelDir(dir: string, options: LoadModelDirOptions): LoadedM
   if (tokenizer !== null && tokenizer.vocabSize > checkpoint.config.vocab_size)
     throw new UserError(
       `${tokenizerPath}: has ${tokenizer.vocabSize} tokens but ${join(dir, CHECKPOINT_FILES.config)} says vocab_size ${checkpoint.config.vocab_size}`,
+    );
+  // The model's own chat template and end-of-turn ids, checked now so a bad template fails before work.
+  if (tokenizer !== null)
+    tokenizer.chat = loadChatFormat(
+      dir,
+      tokenizer,
+      checkpoint.tokenizerConfigJson,
+      checkpoint.config.eos_token_id,
     );
   const model = new LlamaModel(checkpoint.config, options.kernels, { scoreHead: checkpoint.scoreHead });
   model.loadTensors(checkpoint.tensors.values());

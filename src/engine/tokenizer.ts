@@ -13,6 +13,7 @@
 import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { formatPath, UserError } from "../util/errors.js";
+import type { ChatFormat } from "./chat-format.js";
 import {
   GPT2_SPLIT_PATTERN,
   type SplitBehavior,
@@ -35,6 +36,8 @@ export interface AddedToken {
 export interface EncodeOptions {
   /** Match special tokens in the text as single ids (default true); false encodes them as plain text. */
   allowSpecial?: boolean;
+  /** Character ranges [start, end) where added tokens are not matched (untrusted message contents). */
+  plainRanges?: readonly (readonly [number, number])[];
 }
 
 /** Options for decode. */
@@ -304,6 +307,11 @@ export class BpeTokenizer {
   readonly warnings: readonly string[];
   /** One more than the largest id: the embedding rows a model needs. */
   readonly vocabSize: number;
+  /**
+   * The chat format of the model directory this tokenizer came from (its own template and stop ids;
+   * set by loadModelDir). Undefined means the built-in ChatML.
+   */
+  chat: ChatFormat | undefined = undefined;
 
   private readonly tokens: (string | undefined)[];
   private readonly tokenIds: Map<string, number>;
@@ -709,8 +717,11 @@ export class BpeTokenizer {
       return ids;
     }
     splitter.lastIndex = 0;
+    const plain = options.plainRanges ?? [];
     let last = 0;
     for (const m of text.matchAll(splitter)) {
+      const end = m.index + m[0].length;
+      if (plain.some(([s, e]) => m.index < e && end > s)) continue;
       if (m.index > last) this.encodeOrdinary(text.slice(last, m.index), ids);
       ids.push((this.addedByContent.get(m[0]) as AddedToken).id);
       last = m.index + m[0].length;

@@ -4,7 +4,7 @@
  * the KV-cache sampler. Each sample has its own seed, so its text depends on its conversation,
  * settings and seed only: not on which other requests share the call or the batch.
  */
-import { encodeChat } from "../engine/chat.js";
+import { chatStopIds, encodeChat } from "../engine/chat.js";
 import { type CreatedKernels, createKernels } from "../engine/kernels/index.js";
 import { loadModelDir } from "../engine/load.js";
 import type { LlamaModel } from "../engine/model.js";
@@ -80,10 +80,8 @@ export class LocalPolicy implements Policy {
       throw new RangeError(`LocalPolicy: maxBatch must be a positive integer, got ${this.maxBatch}`);
     if (!Number.isInteger(this.topK) || this.topK < 0)
       throw new RangeError(`LocalPolicy: topK must be an integer >= 0, got ${this.topK}`);
-    const stops = new Set<number>();
-    for (const token of ["<|im_end|>", "<|endoftext|>"])
-      if (tokenizer.hasSpecial(token)) stops.add(tokenizer.specialId(token));
-    this.stopIds = [...stops];
+    // The model's own end-of-turn ids (ChatML: <|im_end|> and <|endoftext|>).
+    this.stopIds = [...chatStopIds(tokenizer)];
     this.maxPositions = model.config.max_position_embeddings;
   }
 

@@ -3,6 +3,7 @@
  * scheduler, request checks that name the offending field, and `generate`, which turns one prompt's
  * samples into text (stop strings, held-back stream deltas, token offsets) on top of the scheduler.
  */
+import { chatStopIds } from "../engine/chat.js";
 import type { LlamaConfig } from "../engine/config.js";
 import type { SamplingSettings } from "../engine/sampler.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
@@ -79,9 +80,9 @@ export class ServeContext {
   readonly created = Math.floor(Date.now() / 1000);
   readonly contextLength: number;
   readonly vocabSize: number;
-  /** Whether the tokenizer has the ChatML tokens the chat format needs. */
+  /** Whether chat prompts can be encoded: a template of the model's own, or the ChatML tokens. */
   readonly chatReady: boolean;
-  /** Ids that end a sample: <|im_end|>, <|endoftext|> and the config's eos_token_id. */
+  /** Ids that end a sample: the chat format's stop ids and the config's eos_token_id. */
   readonly stopIds: ReadonlySet<number>;
   private readonly seedStream: Rng;
 
@@ -96,10 +97,11 @@ export class ServeContext {
   ) {
     this.contextLength = config.max_position_embeddings;
     this.vocabSize = config.vocab_size;
-    this.chatReady = tokenizer.hasSpecial("<|im_start|>") && tokenizer.hasSpecial("<|im_end|>");
-    const stopIds = new Set<number>();
-    for (const special of ["<|im_end|>", "<|endoftext|>"])
-      if (tokenizer.hasSpecial(special)) stopIds.add(tokenizer.specialId(special));
+    this.chatReady =
+      (tokenizer.chat !== undefined && !tokenizer.chat.isBuiltinChatML) ||
+      (tokenizer.hasSpecial("<|im_start|>") && tokenizer.hasSpecial("<|im_end|>"));
+    // The chat format's end-of-turn ids (the model's own, or ChatML's <|im_end|> and <|endoftext|>).
+    const stopIds = new Set<number>(chatStopIds(tokenizer));
     const eos = config.eos_token_id;
     for (const id of eos === null || eos === undefined ? [] : Array.isArray(eos) ? eos : [eos])
       if (id >= 0 && id < this.vocabSize) stopIds.add(id);
