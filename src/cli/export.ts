@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { EXPORT_FORMATS, type ExportFormat, exportFile } from "../sso/export.js";
 import { UserError } from "../util/errors.js";
 import { printJson } from "./common.js";
+import { checkOutputs } from "./output.js";
 
 interface ExportFlags {
   format: string;
@@ -39,6 +40,10 @@ Example:
   selfsteer export --format trl --in records.jsonl --out records.trl.jsonl`,
     )
     .action((flags: ExportFlags) => {
+      checkOutputs(
+        { flag: "--out", path: flags.out, kind: "file" },
+        { flag: "--bad-lines-to", path: flags.badLinesTo, kind: "file" },
+      );
       if (!isExportFormat(flags.format))
         throw new UserError(`--format: expected one of ${EXPORT_FORMATS.join(", ")}, got '${flags.format}'`);
       if (flags.subset.trim() === "") throw new UserError("--subset: must not be empty");

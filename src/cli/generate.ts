@@ -7,6 +7,7 @@ import { DROP_REASONS } from "../sso/filters.js";
 import { dropLogPath, openDropLog, openRecordWriter, readPrompts } from "../sso/records.js";
 import { UserError } from "../util/errors.js";
 import { parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
+import { checkOutputPath } from "./output.js";
 
 interface GenerateFlags {
   endpoint: string[];
@@ -96,6 +97,7 @@ Example:
     --prompts prompts.jsonl --out records.jsonl --seed 1 --concurrency 32`,
     )
     .action(async (flags: GenerateFlags) => {
+      checkOutputPath("--out", flags.out, "file");
       const endpoints =
         flags.endpoint.length > 0
           ? flags.endpoint

@@ -16,6 +16,7 @@ import { UserError } from "../util/errors.js";
 import { readJsonFile } from "../util/fsio.js";
 import { parseIntFlag, parseNumberFlag, printJson } from "./common.js";
 import { registerExport } from "./model-export.js";
+import { checkOutputPath } from "./output.js";
 
 interface InitOptions {
   config: string;
@@ -29,6 +30,7 @@ interface InitOptions {
 
 /** `model init`: a randomly initialised checkpoint directory in the HF Llama layout. */
 function initModel(opts: InitOptions): void {
+  checkOutputPath("--out", opts.out, "dir");
   const seed = parseIntFlag("--seed", opts.seed, 0);
   const std = parseNumberFlag("--std", opts.std, 0);
   const config = readJsonFile(opts.config, LlamaConfigSchema);

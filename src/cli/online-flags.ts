@@ -10,6 +10,7 @@ import {
 import type { RunReport } from "../run/report.js";
 import { UserError } from "../util/errors.js";
 import { openKernels, parseIntFlag, parseNumberFlag } from "./common.js";
+import { checkOutputPath } from "./output.js";
 
 /** Adds the flags shared by `iterate`, `demo` and `experiment`, with the given defaults. */
 export function addOnlineFlags(
@@ -37,6 +38,7 @@ export function addOnlineFlags(
 
 /** Parses the shared flags into an experiment configuration (errors name the flag). */
 export function parseOnlineFlags(o: Record<string, string>, name: string): ExperimentConfig {
+  checkOutputPath("--out", o.out, "dir");
   const methods = o.methods.split(",").map((m) => m.trim());
   for (const m of methods)
     if (!(METHODS as readonly string[]).includes(m))

@@ -45,6 +45,7 @@ import {
   printJson,
   progressBar,
 } from "./common.js";
+import { checkOutputPath, checkOutputs } from "./output.js";
 
 /** What trainer_state.json's `extra` holds for a reward-model run. */
 const RM_STATE_KIND = "selfsteer-reward-model";
@@ -128,6 +129,7 @@ interface TrainFlags {
 
 /** `rm train`: Bradley-Terry training of a reward model initialised from a checkpoint, resumable. */
 function trainCommand(flags: TrainFlags): void {
+  checkOutputPath("--out", flags.out, "dir");
   const epochs = parseIntFlag("--epochs", flags.epochs, 1);
   const lr = parseNumberFlag("--lr", flags.lr, 0);
   const batchSize = parseIntFlag("--batch-size", flags.batchSize, 1);
@@ -321,6 +323,7 @@ interface EvalFlags {
 
 /** `rm eval`: RewardBench-style accuracy of a reward model on a pair file. */
 function evalCommand(flags: EvalFlags): void {
+  checkOutputs({ flag: "--scores-out", path: flags.scoresOut, kind: "file" });
   const maxBatchTokens = parseIntFlag("--max-batch-tokens", flags.maxBatchTokens, 1);
   const backend = parseBackend(flags.backend);
   const sections =
@@ -390,6 +393,7 @@ interface ScoreFlags {
 
 /** `rm score`: one score per (prompt, response) line. */
 function scoreCommand(flags: ScoreFlags): void {
+  checkOutputs({ flag: "--out", path: flags.out, kind: "file" });
   const maxBatchTokens = parseIntFlag("--max-batch-tokens", flags.maxBatchTokens, 1);
   const backend = parseBackend(flags.backend);
   const items = readScoreItems(flags.data);

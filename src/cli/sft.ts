@@ -11,6 +11,7 @@ import { UserError } from "../util/errors.js";
 import { readJsonFile } from "../util/fsio.js";
 import { readJsonl } from "../util/jsonl.js";
 import { parseBackend, parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
+import { checkOutputPath } from "./output.js";
 import type { SftRunSettings, SftWorkerData, SftWorkerMessage } from "./sft-worker.js";
 
 interface SftFlags {
@@ -72,6 +73,7 @@ function tailMean(values: readonly number[], k: number): number {
 
 /** `sft`: supervised next-token training on a worker thread; signals save and stop it. */
 async function sft(flags: SftFlags): Promise<void> {
+  checkOutputPath("--out", flags.out, "dir");
   const epochs = parseIntFlag("--epochs", flags.epochs, 1);
   const lr = parseNumberFlag("--lr", flags.lr, 0);
   const batchSize = parseIntFlag("--batch-size", flags.batchSize, 1);

@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { offlineTable, rewardModelTable } from "../run/tables.js";
 import { openKernels, parseIntFlag, parseNumberFlag } from "./common.js";
+import { checkOutputPath } from "./output.js";
 
 function seedsOf(flag: string): number[] {
   return flag.split(",").map((s) => parseIntFlag("--seeds", s.trim(), 0));
@@ -25,6 +26,7 @@ export function register(program: Command): void {
     .option("--eval-queries <n>", "held-out queries", "70")
     .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
     .action(async (o: Record<string, string>) => {
+      checkOutputPath("--out", o.out, "dir");
       const kernels = openKernels(o.backend);
       try {
         await offlineTable(
@@ -68,6 +70,7 @@ export function register(program: Command): void {
     .option("--per-subset <n>", "suite rows per subset", "40")
     .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
     .action(async (o: Record<string, string>) => {
+      checkOutputPath("--out", o.out, "dir");
       const kernels = openKernels(o.backend);
       try {
         await rewardModelTable(

@@ -7,6 +7,7 @@ import { UserError } from "../util/errors.js";
 import { writeJsonAtomic } from "../util/fsio.js";
 import { readJsonl } from "../util/jsonl.js";
 import { parseIntFlag, printJson } from "./common.js";
+import { checkOutputPath } from "./output.js";
 
 const MessageSchema = z.object({
   role: z.enum(["system", "user", "assistant"]),
@@ -43,6 +44,7 @@ interface TrainFlags {
 }
 
 function trainCommand(opts: TrainFlags): void {
+  checkOutputPath("--out", opts.out, "file");
   const specials = [...DEFAULT_SPECIAL_TOKENS, ...(opts.special ?? [])].filter(
     (s, i, all) => all.indexOf(s) === i,
   );

@@ -11,6 +11,7 @@ import { type PreferenceRecord, requiredKeys, scoreRecords, trainPreference } fr
 import { formatPath, UserError } from "../util/errors.js";
 import { readJsonl } from "../util/jsonl.js";
 import { openKernels, parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
+import { checkOutputPath } from "./output.js";
 
 const RecordLineSchema = z.object({
   instruction: z.string(),
@@ -79,6 +80,7 @@ export function register(program: Command): void {
     .option("--save-every <n>", "save a resumable state every n steps", "20")
     .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
     .action((o: Record<string, string | boolean | undefined>) => {
+      checkOutputPath("--out", String(o.out), "dir");
       const s = (k: string) => String(o[k]);
       const sso = o.sso === true;
       const objective = objectiveConfigSchema.parse({

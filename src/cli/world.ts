@@ -8,6 +8,7 @@ import { buildSftCorpus, offPolicyPairs } from "../world/corpus.js";
 import { buildRewardBench, REWARDBENCH_SECTIONS } from "../world/rewardbench.js";
 import { evalQueries, trainQueries } from "../world/tasks.js";
 import { openKernels, parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
+import { checkOutputPath, checkOutputs } from "./output.js";
 
 function jsonl(rows: unknown[]): string {
   return rows.map((r) => JSON.stringify(r)).join("\n") + (rows.length > 0 ? "\n" : "");
@@ -40,6 +41,7 @@ export function register(program: Command): void {
     .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
     .option("--force", "retrain even if --out already holds a finished base")
     .action((o: Record<string, string | boolean | undefined>) => {
+      checkOutputPath("--out", String(o.out), "dir");
       const str = (k: string) => String(o[k]);
       const options: WorldBaseOptions = {
         out: str("out"),
@@ -102,6 +104,7 @@ export function register(program: Command): void {
     .option("--seed <n>", "seed", "1")
     .option("--size <n>", "examples", String(WORLD_BASE_DEFAULTS.corpusSize))
     .action((o: { out: string; seed: string; size: string }) => {
+      checkOutputPath("--out", o.out, "file");
       const corpus = buildSftCorpus({
         seed: parseIntFlag("--seed", o.seed, 0),
         size: parseIntFlag("--size", o.size, 1),
@@ -118,6 +121,10 @@ export function register(program: Command): void {
     .option("--per-subset <n>", "rows per subset", "50")
     .option("--sections <file>", "also write the subset-to-section map here (for `rm eval --sections`)")
     .action((o: { out: string; seed: string; perSubset: string; sections?: string }) => {
+      checkOutputs(
+        { flag: "--out", path: o.out, kind: "file" },
+        { flag: "--sections", path: o.sections, kind: "file" },
+      );
       const rows = buildRewardBench({
         seed: parseIntFlag("--seed", o.seed, 0),
         perSubset: parseIntFlag("--per-subset", o.perSubset, 1),
@@ -134,6 +141,7 @@ export function register(program: Command): void {
     .option("--seed <n>", "seed", "0")
     .option("--count <n>", "queries", "512")
     .action((o: { out: string; seed: string; count: string }) => {
+      checkOutputPath("--out", o.out, "file");
       const seed = parseIntFlag("--seed", o.seed, 0);
       const rng = new Rng(seed).fork("offpolicy-pairs");
       const pairs = offPolicyPairs(
@@ -163,6 +171,7 @@ export function register(program: Command): void {
     .option("--seed <n>", "seed (train split)", "0")
     .option("--count <n>", "queries", "256")
     .action((o: { out: string; split: string; seed: string; count: string }) => {
+      checkOutputPath("--out", o.out, "file");
       const n = parseIntFlag("--count", o.count, 1);
       const queries =
         o.split === "eval"
