@@ -4,6 +4,7 @@ import { loadCheckpoint } from "../engine/checkpoint.js";
 import { createKernels } from "../engine/kernels/index.js";
 import { nextTokenLogprobs } from "../engine/logprobs.js";
 import { LlamaModel } from "../engine/model.js";
+import { checkSequenceLengths } from "../engine/validate.js";
 import { UserError } from "../util/errors.js";
 import { readJsonFile } from "../util/fsio.js";
 import { parseIntFlag, printJson } from "./common.js";
@@ -18,6 +19,7 @@ export function register(program: Command): void {
     .requiredOption("--model <dir>", "checkpoint directory (config.json + model.safetensors suffice)")
     .requiredOption("--ids <file>", 'JSON: {"sequences": [[id, ...], ...]}')
     .option("--max-batch-tokens <n>", "padded tokens per forward pass", "4096")
+    .option("--allow-nonfinite", "load weights holding NaN or infinite values (for inspection)")
     .addHelpText(
       "after",
       `
@@ -27,15 +29,22 @@ than its sequence (none for a sequence of 0 or 1 tokens).
 Example:
   selfsteer logprobs --model runs/base --ids ids.json`,
     )
-    .action((opts: { model: string; ids: string; maxBatchTokens: string }) => {
+    .action((opts: { model: string; ids: string; maxBatchTokens: string; allowNonfinite?: boolean }) => {
       const maxBatchTokens = parseIntFlag("--max-batch-tokens", opts.maxBatchTokens, 1);
       const { sequences } = readJsonFile(opts.ids, IdsFileSchema);
-      const checkpoint = loadCheckpoint(opts.model);
+      const checkpoint = loadCheckpoint(opts.model, { allowNonFinite: opts.allowNonfinite === true });
       if (checkpoint.scoreHead && !checkpoint.config.tie_word_embeddings)
         throw new UserError(
           `${opts.model}: is a reward model (score head, no lm_head); it has no next-token log-probs`,
         );
       const vocab = checkpoint.config.vocab_size;
+      checkSequenceLengths(
+        opts.ids,
+        "sequences",
+        sequences,
+        checkpoint.config.max_position_embeddings,
+        opts.model,
+      );
       sequences.forEach((seq, i) => {
         seq.forEach((id, t) => {
           if (id < 0 || id >= vocab)

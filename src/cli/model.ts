@@ -12,6 +12,7 @@ import { LlamaConfigSchema } from "../engine/config.js";
 import { DEFAULT_INIT_STD, initLlamaTensors } from "../engine/init.js";
 import { numel } from "../engine/params.js";
 import { BpeTokenizer } from "../engine/tokenizer.js";
+import { countNonFinite } from "../engine/validate.js";
 import { UserError } from "../util/errors.js";
 import { readJsonFile } from "../util/fsio.js";
 import { parseIntFlag, parseNumberFlag, printJson } from "./common.js";
@@ -73,11 +74,16 @@ function initModel(opts: InitOptions): void {
   });
 }
 
-/** `model info`: what a checkpoint directory holds. */
-function modelInfo(opts: { model: string }): void {
-  const ckpt = loadCheckpoint(opts.model);
+/** `model info`: what a checkpoint directory holds (loading checks every tensor's shape and values). */
+function modelInfo(opts: { model: string; allowNonfinite?: boolean }): void {
+  const ckpt = loadCheckpoint(opts.model, { allowNonFinite: opts.allowNonfinite === true });
   let parameters = 0;
-  for (const t of ckpt.tensors.values()) parameters += numel(t.shape);
+  const nonFinite: Record<string, number> = {};
+  for (const t of ckpt.tensors.values()) {
+    parameters += numel(t.shape);
+    const bad = countNonFinite(t.data);
+    if (bad > 0) nonFinite[t.name] = bad;
+  }
   const c = ckpt.config;
   printJson(
     {
@@ -93,6 +99,8 @@ function modelInfo(opts: { model: string }): void {
       tie_word_embeddings: c.tie_word_embeddings,
       tokenizer: ckpt.tokenizerJson !== undefined,
       tokenizer_config: ckpt.tokenizerConfigJson !== undefined,
+      // Only with --allow-nonfinite can a checkpoint with such values get this far.
+      ...(opts.allowNonfinite === true ? { non_finite_values: nonFinite } : {}),
     },
     true,
   );
@@ -129,6 +137,10 @@ Example:
     .command("info")
     .description("print what a checkpoint directory holds (validates every tensor)")
     .requiredOption("--model <dir>", "checkpoint directory")
-    .action((opts: { model: string }) => modelInfo(opts));
+    .option(
+      "--allow-nonfinite",
+      "load weights holding NaN or infinite values and count them per tensor (default: refuse them)",
+    )
+    .action((opts: { model: string; allowNonfinite?: boolean }) => modelInfo(opts));
   registerExport(model);
 }

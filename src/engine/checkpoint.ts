@@ -14,6 +14,7 @@ import { type LlamaConfig, LlamaConfigSchema } from "./config.js";
 import type { AdamWState } from "./optim.js";
 import { llamaParamSpecs, type NamedTensor, numel } from "./params.js";
 import { parseSafetensors, writeSafetensors } from "./safetensors.js";
+import { checkConfigLimits, checkFiniteTensors } from "./validate.js";
 
 /** File names inside a checkpoint directory. */
 export const CHECKPOINT_FILES = {
@@ -105,9 +106,13 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
  * the config must be present with its exact shape; an extra tensor is an error (it means the config
  * and the weights disagree), except rotary inv_freq buffers that older HF exports carry, and an
  * lm_head.weight equal to the embedding in a tied model. `scoreHead` defaults to what the checkpoint
- * is (LlamaForSequenceClassification, or a score.weight present).
+ * is (LlamaForSequenceClassification, or a score.weight present). Weights with a NaN or infinite value
+ * are refused unless `allowNonFinite` (for inspecting a broken model).
  */
-export function loadCheckpoint(dir: string, options: { scoreHead?: boolean } = {}): LoadedCheckpoint {
+export function loadCheckpoint(
+  dir: string,
+  options: { scoreHead?: boolean; allowNonFinite?: boolean } = {},
+): LoadedCheckpoint {
   const configPath = join(dir, CHECKPOINT_FILES.config);
   if (!existsSync(configPath))
     throw new UserError(`${dir}: not a checkpoint directory (no ${CHECKPOINT_FILES.config})`);
@@ -150,6 +155,7 @@ export function loadCheckpoint(dir: string, options: { scoreHead?: boolean } = {
     );
   }
 
+  checkFiniteTensors(tensors.values(), sourceOf, options.allowNonFinite);
   const result: LoadedCheckpoint = { config, tensors, scoreHead };
   const tokenizerJson = readOptionalJson(join(dir, CHECKPOINT_FILES.tokenizer));
   if (tokenizerJson !== undefined) result.tokenizerJson = tokenizerJson;
@@ -160,6 +166,7 @@ export function loadCheckpoint(dir: string, options: { scoreHead?: boolean } = {
 
 /** Rejects config fields that would change the model's meaning if the engine silently ignored them. */
 export function rejectUnsupportedConfig(configPath: string, config: LlamaConfig): void {
+  checkConfigLimits(configPath, config);
   const extra = config as Record<string, unknown>;
   if (extra.rope_scaling !== undefined && extra.rope_scaling !== null)
     throw new UserError(

@@ -19,6 +19,8 @@ export interface LoadModelDirOptions {
   scoreHead?: boolean;
   /** "required" (default) fails naming the directory when tokenizer.json is absent; "optional" gives null. */
   tokenizer?: "required" | "optional";
+  /** Load weights with NaN or infinite values (for inspection) instead of refusing them. */
+  allowNonFinite?: boolean;
 }
 
 /** A checkpoint opened for use. */
@@ -42,10 +44,10 @@ export function loadModelDir(
   options: LoadModelDirOptions & { tokenizer: "optional" },
 ): LoadedModelDir<BpeTokenizer | null>;
 export function loadModelDir(dir: string, options: LoadModelDirOptions): LoadedModelDir<BpeTokenizer | null> {
-  const checkpoint: LoadedCheckpoint = loadCheckpoint(
-    dir,
-    options.scoreHead === undefined ? {} : { scoreHead: options.scoreHead },
-  );
+  const checkpoint: LoadedCheckpoint = loadCheckpoint(dir, {
+    ...(options.scoreHead === undefined ? {} : { scoreHead: options.scoreHead }),
+    allowNonFinite: options.allowNonFinite === true,
+  });
   const tokenizerPath = join(dir, CHECKPOINT_FILES.tokenizer);
   let tokenizer: BpeTokenizer | null = null;
   if (checkpoint.tokenizerJson !== undefined)
