@@ -9,6 +9,7 @@ import { readRecords } from "../sso/records.js";
 import { UserError } from "../util/errors.js";
 import { writeJsonAtomic } from "../util/fsio.js";
 import { parseIntFlag, parseNumberFlag, printJson } from "./common.js";
+import { checkOutputs } from "./output.js";
 
 /** Flags every LLM-judged subcommand takes. */
 interface JudgeFlags {
@@ -49,6 +50,10 @@ function addJudgeFlags(cmd: Command): Command {
 
 /** Builds the judge the flags describe; every flag is checked before any request. */
 export function judgeFromFlags(flags: JudgeFlags): { judge: LlmJudge; cache: JudgmentCache } {
+  checkOutputs(
+    { flag: "--out", path: flags.out, kind: "file" },
+    { flag: "--cache", path: flags.cache, kind: "file" },
+  );
   const endpoint = flags.endpoint ?? env("JUDGE_BASE_URL");
   if (endpoint === undefined) throw new UserError("--endpoint: required (or set JUDGE_BASE_URL)");
   const model = flags.model ?? env("JUDGE_MODEL");
