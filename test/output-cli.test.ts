@@ -61,6 +61,7 @@ const commands: { name: string; kind: "file" | "dir"; args: string[] }[] = [
   },
   { name: "export", kind: "file", args: ["export", "--format", "trl", "--in", "r.jsonl"] },
   { name: "model init", kind: "dir", args: ["model", "init", "--config", "c.json", "--seed", "1"] },
+  { name: "model export", kind: "file", args: ["model", "export", "--model", "m"] },
   {
     name: "tokenizer train",
     kind: "file",

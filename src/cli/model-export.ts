@@ -3,6 +3,7 @@ import { writeGgufFile } from "../engine/gguf.js";
 import { checkpointToGguf, GGUF_EXPORT_TYPES, type GgufExportType } from "../engine/gguf-export.js";
 import { UserError } from "../util/errors.js";
 import { printJson } from "./common.js";
+import { checkOutputPath } from "./output.js";
 
 interface ExportOptions {
   model: string;
@@ -14,6 +15,7 @@ interface ExportOptions {
 
 /** `model export`: a checkpoint directory as one GGUF file for llama.cpp, Ollama and LM Studio. */
 function exportModel(opts: ExportOptions): void {
+  checkOutputPath("--out", opts.out, "file");
   if (opts.format !== "gguf") throw new UserError(`--format: expected gguf, got '${opts.format}'`);
   if (!(GGUF_EXPORT_TYPES as readonly string[]).includes(opts.type))
     throw new UserError(`--type: expected one of ${GGUF_EXPORT_TYPES.join(", ")}, got '${opts.type}'`);
