@@ -9,18 +9,13 @@ import { PlainKernels } from "../src/engine/kernels/plain.js";
 import { LlamaModel } from "../src/engine/model.js";
 import { AdamW, decayMaskFromSpecs } from "../src/engine/optim.js";
 import { BpeTokenizer } from "../src/engine/tokenizer.js";
+import { type PairResult, rewardBenchReport } from "../src/eval/rewardbench.js";
+import { countFormats, type PreferencePair, parsePair, parseScoreItem, readPairs } from "../src/sso/pairs.js";
 import {
   accumulateBtGradients,
-  countFormats,
   type EncodedPair,
   encodePair,
   encodeScored,
-  type PairResult,
-  type PreferencePair,
-  parsePair,
-  parseScoreItem,
-  readPairs,
-  rewardBenchReport,
   scorePairs,
   scoreSequences,
   trainRewardModel,

@@ -6,13 +6,8 @@ import { LlamaModel } from "../src/engine/model.js";
 import { AdamW, decayMaskFromSpecs } from "../src/engine/optim.js";
 import { BpeTokenizer } from "../src/engine/tokenizer.js";
 import { objectiveConfigSchema, ssoObjective } from "../src/sso/objective.js";
-import {
-  type PreferenceRecord,
-  requiredKeys,
-  scoreRecords,
-  sequenceFor,
-  trainPreference,
-} from "../src/train/preference.js";
+import type { PreferenceRecord } from "../src/sso/pairs.js";
+import { requiredKeys, scoreRecords, sequenceFor, trainPreference } from "../src/train/preference.js";
 import { encodeResponse, packBatch } from "../src/train/sequences.js";
 import { trainSft } from "../src/train/sft.js";
 import { Rng } from "../src/util/rng.js";

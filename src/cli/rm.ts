@@ -18,16 +18,11 @@ import { type LoadedModelDir, loadModelDir } from "../engine/load.js";
 import { LlamaModel } from "../engine/model.js";
 import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import { BpeTokenizer } from "../engine/tokenizer.js";
+import { type RewardBenchReport, rewardBenchReport } from "../eval/rewardbench.js";
+import { countFormats, type PreferencePair, pairsDigest, readPairs, readScoreItems } from "../sso/pairs.js";
 import {
-  countFormats,
-  type PreferencePair,
-  pairsDigest,
-  type RewardBenchReport,
   type RewardStepInfo,
   type RewardTrainOptions,
-  readPairs,
-  readScoreItems,
-  rewardBenchReport,
   rewardTotalSteps,
   scoreItems,
   scorePairs,

@@ -1,57 +1,16 @@
 import { existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { type Command, Option } from "commander";
-import { z } from "zod";
 import { tokenizerConfigJson } from "../engine/chat.js";
 import { loadCheckpoint, loadTrainerState, saveCheckpoint, saveTrainerState } from "../engine/checkpoint.js";
 import { loadModelDir } from "../engine/load.js";
 import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import { LOSS_NAMES, objectiveConfigSchema } from "../sso/objective.js";
-import { type PreferenceRecord, requiredKeys, scoreRecords, trainPreference } from "../train/preference.js";
-import { formatPath, UserError } from "../util/errors.js";
-import { readJsonl } from "../util/jsonl.js";
+import { readPreferenceRecords } from "../sso/pairs.js";
+import { requiredKeys, scoreRecords, trainPreference } from "../train/preference.js";
+import { UserError } from "../util/errors.js";
 import { openKernels, parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
 import { checkOutputPath } from "./output.js";
-
-const RecordLineSchema = z.object({
-  instruction: z.string(),
-  p_system: z.string(),
-  n_system: z.string(),
-  chosen: z.string(),
-  rejected: z.string(),
-  raw: z.string(),
-});
-const PairLineSchema = z.object({ prompt: z.string(), chosen: z.string(), rejected: z.string() });
-
-/**
- * Reads SSO records or plain pairs (TRL / RewardBench style with a string prompt), one kind per line,
- * told apart by `instruction`. `needSso` requires records: the steering pairs need p+, p- and y0.
- */
-export function readTrainingRecords(path: string, needSso: boolean): PreferenceRecord[] {
-  const { rows } = readJsonl(path, z.record(z.string(), z.unknown()));
-  return rows.map(({ line, value }) => {
-    const isRecord = "instruction" in value;
-    if (!isRecord && needSso)
-      throw new UserError(
-        `${path}:${line}: field instruction: --sso needs SSO records (instruction, p_system, n_system, raw)`,
-      );
-    const parsed = (isRecord ? RecordLineSchema : PairLineSchema).safeParse(value);
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new UserError(`${path}:${line}: field ${formatPath(issue.path)}: ${issue.message}`);
-    }
-    const v = parsed.data;
-    if ("instruction" in v) return v;
-    return {
-      instruction: v.prompt,
-      p_system: "",
-      n_system: "",
-      chosen: v.chosen,
-      rejected: v.rejected,
-      raw: "",
-    };
-  });
-}
 
 /** Registers `selfsteer train`: offline preference training on a fixed file of records or pairs. */
 export function register(program: Command): void {
@@ -88,7 +47,7 @@ export function register(program: Command): void {
         beta: parseNumberFlag("--beta", s("beta"), 0),
         ...(sso ? { sso: {} } : {}),
       });
-      const records = readTrainingRecords(s("data"), sso);
+      const records = readPreferenceRecords(s("data"), sso);
       if (records.length === 0) throw new UserError(`${s("data")}: no records`);
       const out = s("out");
       const partial = join(out, "partial");

@@ -3,6 +3,7 @@
  * are sorted by length and packed into right-padded batches under a token budget, so padding and the
  * activation arena stay small however long and varied the input is.
  */
+import { scoreByLength } from "./batches.js";
 import type { LlamaModel } from "./model.js";
 
 /** Options of nextTokenLogprobs. */
@@ -20,34 +21,33 @@ export function nextTokenLogprobs(
   sequences: readonly (readonly number[])[],
   options: NextTokenLogprobsOptions = {},
 ): Float32Array[] {
-  const budget = options.maxBatchTokens ?? 4096;
   const rows: Float32Array[] = sequences.map((s) => new Float32Array(Math.max(0, s.length - 1)));
-  // Longest first: each batch's padded length is set by its first member.
-  const order = sequences
-    .map((_, i) => i)
-    .filter((i) => sequences[i].length >= 2)
-    .sort((a, b) => sequences[b].length - sequences[a].length || a - b);
-  let start = 0;
-  while (start < order.length) {
-    const T = sequences[order[start]].length;
-    const B = Math.max(1, Math.min(order.length - start, Math.floor(budget / T)));
-    const members = order.slice(start, start + B);
-    const ids = new Int32Array(B * T);
-    const lengths = new Int32Array(B);
-    const lossMask = new Uint8Array(B * T);
-    members.forEach((seqIndex, b) => {
-      const s = sequences[seqIndex];
-      lengths[b] = s.length;
-      for (let t = 0; t < s.length; t++) {
-        ids[b * T + t] = s[t];
-        if (t >= 1) lossMask[b * T + t] = 1;
-      }
-    });
-    const { tokenLogprobs } = model.forward({ ids, batch: B, seqLen: T, lengths, lossMask });
-    members.forEach((seqIndex, b) => {
-      rows[seqIndex].set(tokenLogprobs.subarray(b * T + 1, b * T + sequences[seqIndex].length));
-    });
-    start += B;
-  }
+  const scored = sequences.map((_, i) => i).filter((i) => sequences[i].length >= 2);
+  const limits = { maxTokens: options.maxBatchTokens ?? 4096, longestFirst: true };
+  const results = scoreByLength(
+    scored.map((i) => sequences[i].length),
+    limits,
+    (group) => {
+      // Longest first, so the group's padded length is that of its first member.
+      const T = sequences[scored[group[0]]].length;
+      const B = group.length;
+      const ids = new Int32Array(B * T);
+      const lengths = new Int32Array(B);
+      const lossMask = new Uint8Array(B * T);
+      group.forEach((g, b) => {
+        const s = sequences[scored[g]];
+        lengths[b] = s.length;
+        for (let t = 0; t < s.length; t++) {
+          ids[b * T + t] = s[t];
+          if (t >= 1) lossMask[b * T + t] = 1;
+        }
+      });
+      const { tokenLogprobs } = model.forward({ ids, batch: B, seqLen: T, lengths, lossMask });
+      return group.map((g, b) => tokenLogprobs.slice(b * T + 1, b * T + sequences[scored[g]].length));
+    },
+  );
+  scored.forEach((i, k) => {
+    rows[i] = results[k];
+  });
   return rows;
 }

@@ -27,9 +27,9 @@ import { mean } from "../eval/metrics.js";
 import { LocalPolicy } from "../policy/local.js";
 import { buildRecords } from "../sso/builder.js";
 import { type ObjectiveConfig, objectiveConfigSchema } from "../sso/objective.js";
+import { type PreferenceRecord, recordFromPair } from "../sso/pairs.js";
 import { openDropLog, openRecordWriter, readRecords, type SsoRecord } from "../sso/records.js";
 import {
-  type PreferenceRecord,
   type RecordScores,
   requiredKeys,
   scoreRecords,
@@ -451,15 +451,7 @@ async function iterationRecords(
       })),
     );
     return {
-      records: pairs.map((p, i) => ({
-        id: p.queryId,
-        instruction: p.prompt,
-        p_system: "",
-        n_system: "",
-        chosen: p.chosen,
-        rejected: p.rejected,
-        raw: raw[i][0].text,
-      })),
+      records: pairs.map((p, i) => ({ id: p.queryId, ...recordFromPair(p, raw[i][0].text) })),
       drops: {},
     };
   }

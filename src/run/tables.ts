@@ -15,10 +15,18 @@ import { LlamaModel } from "../engine/model.js";
 import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import { evaluateAnswers } from "../eval/evaluate.js";
 import { mean, stddev } from "../eval/metrics.js";
+import { rewardBenchReport } from "../eval/rewardbench.js";
 import { markdownTable } from "../eval/table.js";
 import { objectiveConfigSchema } from "../sso/objective.js";
-import { type PreferenceRecord, requiredKeys, scoreRecords, trainPreference } from "../train/preference.js";
-import { type PreferencePair, rewardBenchReport, scorePairs, trainRewardModel } from "../train/reward.js";
+import {
+  type PreferencePair,
+  type PreferenceRecord,
+  pairFromRecord,
+  pairFromText,
+  recordFromPair,
+} from "../sso/pairs.js";
+import { requiredKeys, scoreRecords, trainPreference } from "../train/preference.js";
+import { scorePairs, trainRewardModel } from "../train/reward.js";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fsio.js";
 import { Rng } from "../util/rng.js";
 import { offPolicyPairs } from "../world/corpus.js";
@@ -87,14 +95,7 @@ async function baseRecords(
 function goldRecords(seed: number, queries: readonly WorldQuery[], count: number): PreferenceRecord[] {
   return offPolicyPairs(new Rng(seed).fork("table-gold"), queries)
     .slice(0, count)
-    .map((p) => ({
-      instruction: p.prompt,
-      p_system: "",
-      n_system: "",
-      chosen: p.chosen,
-      rejected: p.rejected,
-      raw: "",
-    }));
+    .map((p) => recordFromPair(p));
 }
 
 /** One row of the offline table. */
@@ -219,15 +220,9 @@ export interface RewardRow {
 }
 
 function toPairs(records: readonly PreferenceRecord[], subset: string): PreferencePair[] {
-  return records.map((r, i) => ({
-    id: `${subset}-${i}`,
-    prompt: [{ role: "user", content: r.instruction }],
-    chosen: r.chosen,
-    rejected: r.rejected,
-    subset,
-    format: "trl",
-    line: i + 1,
-  }));
+  return records.map((r, i) =>
+    pairFromRecord(r, { id: `${subset}-${i}`, subset, format: "sso", line: i + 1 }),
+  );
 }
 
 /** Runs the Table 4 analog; returns its rows and writes rm.json / rm.md under runDir. */
@@ -237,15 +232,9 @@ export async function rewardModelTable(
   log: (line: string) => void = () => {},
 ): Promise<RewardRow[]> {
   const session = new OnlineSession(config.baseModel, kernels);
-  const suite: PreferencePair[] = buildRewardBench({ seed: 0, perSubset: config.perSubset }).map((r, i) => ({
-    id: r.id,
-    prompt: [{ role: "user", content: r.prompt }],
-    chosen: r.chosen,
-    rejected: r.rejected,
-    subset: r.subset,
-    format: "rewardbench",
-    line: i + 1,
-  }));
+  const suite = buildRewardBench({ seed: 0, perSubset: config.perSubset }).map((r, i) =>
+    pairFromText(r, { id: r.id, subset: r.subset, format: "rewardbench", line: i + 1 }),
+  );
   // One reward model's buffers, reused by every run: weights are reloaded from the base each time.
   const rm = new LlamaModel(session.model.config, kernels, { scoreHead: true });
   const rows: RewardRow[] = [];

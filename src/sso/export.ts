@@ -5,6 +5,7 @@
  */
 import { writeFileAtomic } from "../util/fsio.js";
 import type { ReadJsonlOptions } from "../util/jsonl.js";
+import type { RewardBenchRow, TextPair } from "./pairs.js";
 import { readRecords, type SsoRecord } from "./records.js";
 
 /** The export formats. */
@@ -12,13 +13,6 @@ export const EXPORT_FORMATS = ["trl", "llamafactory-sso", "rewardbench"] as cons
 
 /** One export format. */
 export type ExportFormat = (typeof EXPORT_FORMATS)[number];
-
-/** A TRL preference example (standard, non-conversational format): one JSONL line. */
-export interface TrlExample {
-  prompt: string;
-  chosen: string;
-  rejected: string;
-}
 
 /** One element of the authors' LlamaFactory online-data JSON array. */
 export interface LlamaFactorySsoExample {
@@ -33,17 +27,8 @@ export interface LlamaFactorySsoExample {
   principles: SsoRecord["principles"];
 }
 
-/** A RewardBench-style pair: one JSONL line. */
-export interface RewardBenchExample {
-  prompt: string;
-  chosen: string;
-  rejected: string;
-  subset: string;
-  id: string;
-}
-
 /** The TRL example of a record: the plain query with y+ preferred over y-. */
-export function toTrl(record: SsoRecord): TrlExample {
+export function toTrl(record: SsoRecord): TextPair {
   return { prompt: record.instruction, chosen: record.chosen, rejected: record.rejected };
 }
 
@@ -63,7 +48,7 @@ export function toLlamaFactorySso(record: SsoRecord): LlamaFactorySsoExample {
 }
 
 /** The RewardBench-style pair of a record. */
-export function toRewardBench(record: SsoRecord, subset: string): RewardBenchExample {
+export function toRewardBench(record: SsoRecord, subset: string): RewardBenchRow {
   return {
     prompt: record.instruction,
     chosen: record.chosen,

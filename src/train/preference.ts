@@ -1,3 +1,4 @@
+import { scoreByLength } from "../engine/batches.js";
 import type { LlamaModel } from "../engine/model.js";
 import { type AdamW, clipGradNorm, cosineLr } from "../engine/optim.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
@@ -9,18 +10,9 @@ import {
   type SeqValues,
   ssoObjective,
 } from "../sso/objective.js";
+import type { PreferenceRecord } from "../sso/pairs.js";
 import { Rng } from "../util/rng.js";
 import { type EncodedSequence, encodeResponse, type Message, packBatch } from "./sequences.js";
-
-/** The fields of an SSO record that training reads (SSO.md record format). */
-export interface PreferenceRecord {
-  instruction: string;
-  p_system: string;
-  n_system: string;
-  chosen: string;
-  rejected: string;
-  raw: string;
-}
 
 /** The prompt and response of each of the six sequences of a record (SSO.md, "three preference pairs"). */
 export function sequenceFor(record: PreferenceRecord, key: SeqKey): { prompt: Message[]; response: string } {
@@ -82,22 +74,19 @@ export function scoreResponses(
   options: SequenceOptions,
 ): ResponseScore[] {
   const seqs = items.map((it) => encodeResponse(tokenizer, it.prompt, it.response, options.maxLen));
-  // Length-sorted chunks waste little on padding.
-  const order = seqs.map((_, i) => i).sort((a, b) => seqs[a].ids.length - seqs[b].ids.length);
-  const out: ResponseScore[] = items.map(() => ({ logprob: 0, tokens: 0 }));
-  for (let start = 0; start < order.length; start += options.microBatch) {
-    const chunk = order.slice(start, start + options.microBatch);
-    const res = model.forward(
-      packBatch(
-        chunk.map((i) => seqs[i]),
-        tokenizer.padId,
-      ),
-    );
-    chunk.forEach((i, b) => {
-      out[i] = { logprob: res.seqLogprobs[b], tokens: res.tokenCounts[b] };
-    });
-  }
-  return out;
+  return scoreByLength(
+    seqs.map((s) => s.ids.length),
+    { maxRows: options.microBatch },
+    (group) => {
+      const res = model.forward(
+        packBatch(
+          group.map((i) => seqs[i]),
+          tokenizer.padId,
+        ),
+      );
+      return group.map((_, b) => ({ logprob: res.seqLogprobs[b], tokens: res.tokenCounts[b] }));
+    },
+  );
 }
 
 /**

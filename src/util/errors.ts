@@ -20,3 +20,17 @@ export function formatPath(path: ReadonlyArray<PropertyKey>): string {
   }
   return out === "" ? "(root)" : out;
 }
+
+/**
+ * A problem with one field of a parsed value (`field` as formatPath writes it). Whoever read the value
+ * knows the file and line and turns it into a UserError `file:line: field F: message`.
+ */
+export class FieldError extends Error {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "FieldError";
+  }
+}

@@ -1,6 +1,6 @@
 import { appendFileSync, closeSync, existsSync, openSync, readFileSync, writeSync } from "node:fs";
 import type { z } from "zod";
-import { formatPath, UserError } from "./errors.js";
+import { FieldError, formatPath, UserError } from "./errors.js";
 
 /** One parsed JSONL line with its 1-based line number. */
 export interface JsonlRow<T> {
@@ -20,13 +20,25 @@ export interface JsonlReadResult<T> {
   skipped: number;
 }
 
+/** Parses one line's value, throwing a FieldError for a bad field (see readJsonl). */
+export type LineParser<T> = (value: unknown, line: number) => T;
+
+/** Validates `value` with `schema`; a mismatch is a FieldError naming the first issue's field. */
+export function parseFields<T>(schema: z.ZodType<T>, value: unknown): T {
+  const parsed = schema.safeParse(value);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0];
+  throw new FieldError(formatPath(issue.path), issue.message);
+}
+
 /**
- * Reads a JSONL file and validates each non-blank line with `schema`. A bad line is an error that
- * names the file, the line and the field, unless `badLinesTo` is given, in which case it is set aside.
+ * Reads a JSONL file and validates each non-blank line with `parse` (a zod schema, or a function that
+ * throws FieldError). A bad line is an error that names the file, the line and the field, unless
+ * `badLinesTo` is given, in which case it is set aside.
  */
 export function readJsonl<T>(
   path: string,
-  schema: z.ZodType<T>,
+  parse: z.ZodType<T> | LineParser<T>,
   options: ReadJsonlOptions = {},
 ): JsonlReadResult<T> {
   let text: string;
@@ -35,9 +47,11 @@ export function readJsonl<T>(
   } catch (err) {
     throw new UserError(`${path}: cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
   }
+  const parseLine: LineParser<T> = typeof parse === "function" ? parse : (value) => parseFields(parse, value);
   const rows: JsonlRow<T>[] = [];
   let skipped = 0;
-  const lines = text.split("\n");
+  // Files saved by some editors start with a byte-order mark, which JSON.parse rejects.
+  const lines = text.replace(/^\uFEFF/, "").split("\n");
   // A file cut off mid-write ends without a newline; its last fragment is reported like any bad line.
   for (let i = 0; i < lines.length; i++) {
     const raw = lines[i].trim();
@@ -45,15 +59,19 @@ export function readJsonl<T>(
     const lineNo = i + 1;
     let problem: string | null = null;
     let value: T | undefined;
+    let json: unknown;
     try {
-      const parsed = schema.safeParse(JSON.parse(raw));
-      if (parsed.success) value = parsed.data;
-      else {
-        const issue = parsed.error.issues[0];
-        problem = `field ${formatPath(issue.path)}: ${issue.message}`;
-      }
+      json = JSON.parse(raw);
     } catch (err) {
       problem = `invalid JSON (${(err as Error).message})`;
+    }
+    if (problem === null) {
+      try {
+        value = parseLine(json, lineNo);
+      } catch (err) {
+        if (!(err instanceof FieldError)) throw err;
+        problem = `field ${err.field}: ${err.message}`;
+      }
     }
     if (problem === null) {
       rows.push({ line: lineNo, value: value as T });

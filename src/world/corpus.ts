@@ -15,6 +15,7 @@
 
 import type { ChatMessage } from "../policy/types.js";
 import { type Catalog, DEFAULT_CATALOG, FEATURE_NAMES, identifiableFeatures } from "../sso/catalog.js";
+import type { TextPair } from "../sso/pairs.js";
 import {
   buildSystemPrompt,
   featureIdentificationMessages,
@@ -185,12 +186,9 @@ export function buildSftCorpus(options: SftCorpusOptions): SftExample[] {
 }
 
 /** A gold-labelled preference pair written by the world's generator, not by the policy. */
-export interface OffPolicyPair {
+export interface OffPolicyPair extends TextPair {
   id: string;
   queryId: string;
-  prompt: string;
-  chosen: string;
-  rejected: string;
   chosenScore: number;
   rejectedScore: number;
 }

@@ -16,6 +16,7 @@
  * Every row is checked: the chosen response's gold score is strictly higher.
  */
 import type { FeatureName } from "../sso/catalog.js";
+import type { RewardBenchRow } from "../sso/pairs.js";
 import { Rng } from "../util/rng.js";
 import {
   type Behaviour,
@@ -51,15 +52,6 @@ export function sectionOf(subset: RewardBenchSubset): RewardBenchSection {
   ][])
     if (subsets.includes(subset)) return section;
   throw new RangeError(`unknown subset '${subset}'`);
-}
-
-/** One labelled pair (RewardBench's row fields). */
-export interface RewardBenchRow {
-  id: string;
-  prompt: string;
-  chosen: string;
-  rejected: string;
-  subset: RewardBenchSubset;
 }
 
 const BENIGN: readonly Family[] = ["arithmetic", "wordProblem", "fact", "advice", "describe", "creative"];
@@ -152,7 +144,7 @@ export interface RewardBenchOptions {
 
 /** A row together with the query it was written for and both gold scores (for checks and analysis). */
 export interface LabelledRewardBenchRow {
-  row: RewardBenchRow;
+  row: RewardBenchRow<RewardBenchSubset>;
   query: WorldQuery;
   chosenScore: number;
   rejectedScore: number;
@@ -184,6 +176,6 @@ export function buildLabelledRewardBench(options: RewardBenchOptions = {}): Labe
 }
 
 /** The suite as RewardBench rows {id, prompt, chosen, rejected, subset}, deterministic in `seed`. */
-export function buildRewardBench(options: RewardBenchOptions = {}): RewardBenchRow[] {
+export function buildRewardBench(options: RewardBenchOptions = {}): RewardBenchRow<RewardBenchSubset>[] {
   return buildLabelledRewardBench(options).map((r) => r.row);
 }
