@@ -1,0 +1,213 @@
+/**
+ * Our GGUF in llama.cpp (node-llama-cpp from test/interop): llama.cpp must load the file, tokenize the
+ * rendered chat prompts into our ids (the tokenizer inside the file), and continue them greedily with
+ * the same tokens as `selfsteer sample --temperature 0`, on the trained world-base and on random
+ * checkpoints. Where the two differ, the step is a tie when our own log-probs of the two tokens are
+ * within TIE_NATS (fp32 summation order decides those); any other difference is a mismatch, and a
+ * model passes with at most one mismatching prompt of eight.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, type TestContext, test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { encodeChat } from "../src/engine/chat.js";
+import { writeGgufFile } from "../src/engine/gguf.js";
+import { checkpointToGguf } from "../src/engine/gguf-export.js";
+import { type CreatedKernels, createKernels } from "../src/engine/kernels/index.js";
+import { nextTokenLogprobs } from "../src/engine/logprobs.js";
+import { LocalPolicy } from "../src/policy/local.js";
+import type { ChatMessage } from "../src/policy/types.js";
+import { ok } from "./helpers/cli.js";
+import {
+  FP32_CONTEXT,
+  INTEROP_INSTALL,
+  type LlamaLike,
+  llamaCppGreedy,
+  nodeLlamaCppInstalled,
+  openLlamaCpp,
+} from "./helpers/llamacpp.js";
+
+const WORLD_BASE = fileURLToPath(new URL("../../assets/world-base", import.meta.url));
+const MAX_TOKENS = 16;
+const TIE_NATS = 2e-3;
+const PROMPTS = [
+  "What is 7 + 5?",
+  "Name the capital of France.",
+  "Give me one tip for staying safe online.",
+  "Write a short greeting for a new colleague.",
+  "Is it safe to mix bleach and ammonia?",
+  "Summarize: the cat sat on the mat all day.",
+  "How many legs does a spider have?",
+  "Explain why the sky is blue in one sentence.",
+];
+const SKIP = nodeLlamaCppInstalled()
+  ? false
+  : `node-llama-cpp (llama.cpp) is not installed; run \`${INTEROP_INSTALL}\` to run this test (.ci/run does)`;
+
+const work = mkdtempSync(join(tmpdir(), "selfsteer-gguf-interop-"));
+after(() => rmSync(work, { recursive: true, force: true }));
+
+// The kernels `selfsteer sample` uses by default, shared by every policy here.
+let sharedKernels: CreatedKernels | null = null;
+function kernels(): CreatedKernels {
+  sharedKernels ??= createKernels();
+  return sharedKernels;
+}
+after(() => sharedKernels?.dispose());
+
+let llamaPromise: Promise<LlamaLike> | null = null;
+function llama(): Promise<LlamaLike> {
+  llamaPromise ??= openLlamaCpp();
+  return llamaPromise;
+}
+after(async () => {
+  if (llamaPromise !== null) await (await llamaPromise).dispose();
+});
+
+interface Agreement {
+  matches: number;
+  ties: number;
+  mismatches: string[];
+}
+
+/** Compares llama.cpp's greedy continuations of PROMPTS with ours on one checkpoint. */
+async function compareWithLlamaCpp(dir: string, label: string): Promise<Agreement> {
+  const ggufPath = join(work, `${label}.gguf`);
+  writeGgufFile(ggufPath, checkpointToGguf(dir, { type: "f32" }));
+  const runtime = await llama();
+  assert.equal(runtime.gpu, false, "llama.cpp runs on the CPU");
+  const model = await runtime.loadModel({ modelPath: ggufPath });
+  const context = await model.createContext({ contextSize: 256, threads: 1, ...FP32_CONTEXT });
+  const sequence = context.getSequence();
+  const policy = LocalPolicy.fromDir(dir, { kernels: kernels() });
+  const result: Agreement = { matches: 0, ties: 0, mismatches: [] };
+  try {
+    for (const prompt of PROMPTS) {
+      const messages: ChatMessage[] = [{ role: "user", content: prompt }];
+      const promptIds = encodeChat(policy.tokenizer, messages, { addGenerationPrompt: true }).ids;
+      // The tokenizer inside the file: llama.cpp reads the rendered prompt as the same ids.
+      const text = policy.tokenizer.decode(promptIds);
+      assert.deepEqual(
+        model.tokenize(text, true),
+        promptIds,
+        `${label}: llama.cpp tokenizes ${JSON.stringify(text)}`,
+      );
+      const [[ours]] = policy.sample([{ messages, temperature: 0, topP: 1, maxTokens: MAX_TOKENS, seed: 0 }]);
+      const theirs = await llamaCppGreedy(sequence, model, promptIds, MAX_TOKENS);
+      const at = firstDifference(ours.ids, theirs);
+      if (at === -1) {
+        result.matches++;
+        continue;
+      }
+      const prefix = [...promptIds, ...ours.ids.slice(0, at)];
+      const a = ours.ids[at];
+      const b = theirs[at];
+      let gapNote = "";
+      if (a !== undefined && b !== undefined) {
+        const [la, lb] = nextTokenLogprobs(policy.model, [
+          [...prefix, a],
+          [...prefix, b],
+        ]).map((row) => row[row.length - 1]);
+        gapNote = ` (log-probs ${la.toFixed(5)} vs ${lb.toFixed(5)})`;
+        if (Math.abs(la - lb) < TIE_NATS) {
+          result.ties++;
+          continue;
+        }
+      }
+      result.mismatches.push(
+        `${JSON.stringify(prompt)}: step ${at}${gapNote}: ours ${JSON.stringify(ours.ids)} llama.cpp ${JSON.stringify(theirs)}`,
+      );
+    }
+  } finally {
+    await context.dispose();
+    await model.dispose();
+  }
+  return result;
+}
+
+function firstDifference(a: readonly number[], b: readonly number[]): number {
+  for (let i = 0; i < Math.max(a.length, b.length); i++) if (a[i] !== b[i]) return i;
+  return -1;
+}
+
+function assertAgreement(t: TestContext, label: string, r: Agreement): void {
+  t.diagnostic(
+    `${label}: ${r.matches}/${PROMPTS.length} prompts identical, ${r.ties} ties, ${r.mismatches.length} mismatches`,
+  );
+  for (const m of r.mismatches) t.diagnostic(m);
+  const detail = `${label}: ${r.matches} match, ${r.ties} ties, ${r.mismatches.length} mismatches\n${r.mismatches.join("\n")}`;
+  assert.ok(r.mismatches.length <= 1, detail);
+  assert.ok(r.matches >= 6, `too few exact matches to mean anything: ${detail}`);
+}
+
+test("world-base (trained) as GGUF: llama.cpp's greedy tokens equal selfsteer sample's", {
+  skip: SKIP,
+}, async (t) => {
+  const r = await compareWithLlamaCpp(WORLD_BASE, "world-base");
+  assertAgreement(t, "world-base", r);
+  // The in-process policy is what `selfsteer sample` runs; one prompt through the CLI shows it.
+  const cli = JSON.parse(
+    ok(
+      "sample",
+      "--model",
+      WORLD_BASE,
+      "--prompt",
+      PROMPTS[0],
+      "--temperature",
+      "0",
+      "--max-tokens",
+      String(MAX_TOKENS),
+      "--json",
+    ),
+  );
+  const policy = LocalPolicy.fromDir(WORLD_BASE, { kernels: kernels() });
+  const [[ours]] = policy.sample([
+    {
+      messages: [{ role: "user", content: PROMPTS[0] }],
+      temperature: 0,
+      topP: 1,
+      maxTokens: MAX_TOKENS,
+      seed: 0,
+    },
+  ]);
+  assert.deepEqual(cli.samples[0].ids, ours.ids);
+});
+
+test("a random llama (GQA, untied head, head_dim != hidden/heads, padded vocab) as GGUF agrees with llama.cpp", {
+  skip: SKIP,
+}, async (t) => {
+  const config = join(work, "llama.json");
+  writeFileSync(
+    config,
+    JSON.stringify({
+      vocab_size: 1100,
+      hidden_size: 64,
+      intermediate_size: 160,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      head_dim: 32,
+      rope_theta: 500000,
+      max_position_embeddings: 256,
+      tie_word_embeddings: false,
+    }),
+  );
+  const dir = join(work, "llama");
+  ok(
+    "model",
+    "init",
+    "--config",
+    config,
+    "--seed",
+    "3",
+    "--std",
+    "0.3",
+    "--out",
+    dir,
+    "--tokenizer",
+    join(WORLD_BASE, "tokenizer.json"),
+  );
+  assertAgreement(t, "random llama", await compareWithLlamaCpp(dir, "llama"));
+});
