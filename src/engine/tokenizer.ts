@@ -14,6 +14,7 @@ import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { formatPath, UserError } from "../util/errors.js";
 import type { ChatFormat } from "./chat-format.js";
+import { buildDecoder, byteFallbackToken, type TokenDecoder } from "./decoders.js";
 import {
   GPT2_SPLIT_PATTERN,
   type SplitBehavior,
@@ -177,8 +178,11 @@ function parseOrThrow<T>(schema: z.ZodType<T>, value: unknown, source: string, b
   throw new UserError(`${source}: field ${formatPath([...base, ...issue.path])}: ${issue.message}`);
 }
 
-/** A pre-tokenizer step: pieces in, pieces out. */
-type PreTokenizeStep = (pieces: string[]) => string[];
+/**
+ * A pre-tokenizer step: pieces in, pieces out. `atStart` says the text being split begins the input
+ * (no added token before it), which Metaspace's prepend_scheme "first" asks.
+ */
+type PreTokenizeStep = (pieces: string[], atStart: boolean) => string[];
 
 const GPT2_SPLIT = new RegExp(GPT2_SPLIT_PATTERN, "gu");
 
@@ -197,18 +201,66 @@ interface Pipeline {
   preTokenize: PreTokenizeStep;
 }
 
+const MetaspaceSchema = z.looseObject({
+  type: z.literal("Metaspace"),
+  replacement: z.string().refine((r) => [...r].length === 1, { error: "expected one character" }),
+  prepend_scheme: z.enum(["always", "first", "never"]).optional(),
+  add_prefix_space: z.boolean().optional(),
+  split: z.boolean().optional(),
+});
+
+/**
+ * HF's Metaspace: spaces become the replacement character (U+2581 "▁"); a replacement is put in front
+ * unless the piece already starts with one (prepend_scheme "always", or "first" only where the input
+ * begins); with split (the default of files that predate the field) each replacement starts a new word.
+ */
+function metaspaceStep(
+  cfg: z.infer<typeof MetaspaceSchema>,
+  source: string,
+  path: PropertyKey[],
+): PreTokenizeStep {
+  // Files written before prepend_scheme existed say add_prefix_space; false means "never".
+  let scheme = cfg.prepend_scheme ?? "always";
+  if (cfg.add_prefix_space === false) {
+    if (cfg.prepend_scheme !== undefined && cfg.prepend_scheme !== "never")
+      throw new UserError(
+        `${source}: field ${formatPath([...path, "add_prefix_space"])}: false does not match prepend_scheme "${cfg.prepend_scheme}"`,
+      );
+    scheme = "never";
+  }
+  const mark = cfg.replacement;
+  const split = cfg.split ?? true;
+  return (pieces, atStart) =>
+    pieces.flatMap((piece, i) => {
+      let text = piece.replaceAll(" ", mark);
+      const prepend = scheme === "always" || (scheme === "first" && atStart && i === 0);
+      if (prepend && !text.startsWith(mark)) text = mark + text;
+      if (!split) return [text];
+      // MergedWithNext: every replacement character begins a new word.
+      const words: string[] = [];
+      let start = 0;
+      for (let at = text.indexOf(mark, 1); at >= 0; at = text.indexOf(mark, at + mark.length)) {
+        words.push(text.slice(start, at));
+        start = at;
+      }
+      if (start < text.length) words.push(text.slice(start));
+      return words;
+    });
+}
+
 function buildPreTokenizer(
   node: unknown,
   source: string,
   path: PropertyKey[],
   warnings: string[],
-  state: { byteLevel: boolean },
+  state: { byteLevel: boolean; metaspace: boolean },
 ): PreTokenizeStep {
-  if (node === null || node === undefined)
-    throw new UserError(
-      `${source}: field ${formatPath(path)}: missing (byte-level BPE needs a ByteLevel pre-tokenizer)`,
-    );
+  if (node === null || node === undefined) return (pieces) => pieces;
   const type = (node as { type?: unknown }).type;
+  if (type === "Metaspace") {
+    state.metaspace = true;
+    return metaspaceStep(parseOrThrow(MetaspaceSchema, node, source, path), source, path);
+  }
   if (type === "ByteLevel") {
     const cfg = parseOrThrow(ByteLevelSchema, node, source, path);
     state.byteLevel = true;
@@ -244,12 +296,33 @@ function buildPreTokenizer(
     const steps = cfg.pretokenizers.map((child, i) =>
       buildPreTokenizer(child, source, [...path, "pretokenizers", i], warnings, state),
     );
-    return (pieces) => steps.reduce((acc, step) => step(acc), pieces);
+    return (pieces, atStart) => steps.reduce((acc, step) => step(acc, atStart), pieces);
   }
   throw new UserError(
     `${source}: field ${formatPath([...path, "type"])}: unsupported pre-tokenizer ${JSON.stringify(type ?? null)} ` +
-      "(byte-level BPE needs ByteLevel, alone or in a Sequence with Split or Digits)",
+      "(supported: null, ByteLevel, Metaspace, Split, Digits, Sequence)",
   );
+}
+
+const ReplaceSchema = z.looseObject({
+  type: z.literal("Replace"),
+  pattern: z.union([z.strictObject({ String: z.string().min(1) }), z.strictObject({ Regex: z.string() })]),
+  content: z.string(),
+});
+
+/** The global regex of a Replace pattern (a literal String, or a Regex in HF's Oniguruma syntax). */
+export function replacePattern(
+  pattern: { String: string } | { Regex: string },
+  source: string,
+  path: PropertyKey[],
+): RegExp {
+  if ("String" in pattern) return new RegExp(escapeRegExp(pattern.String), "gu");
+  const translated = translateSplitPattern(pattern.Regex);
+  if (translated === null)
+    throw new UserError(
+      `${source}: field ${formatPath([...path, "Regex"])}: does not compile as a JavaScript regex`,
+    );
+  return translated;
 }
 
 function buildNormalizer(node: unknown, source: string, path: PropertyKey[]): (text: string) => string {
@@ -258,6 +331,18 @@ function buildNormalizer(node: unknown, source: string, path: PropertyKey[]): (t
   if (typeof type === "string" && (NORMALIZER_FORMS as readonly string[]).includes(type))
     return (t) => t.normalize(type as (typeof NORMALIZER_FORMS)[number]);
   if (type === "Lowercase") return (t) => t.toLowerCase();
+  if (type === "Prepend") {
+    // HF prepends to non-empty text only (each piece between added tokens is normalized on its own).
+    const prepend = (node as { prepend?: unknown }).prepend;
+    if (typeof prepend !== "string")
+      throw new UserError(`${source}: field ${formatPath([...path, "prepend"])}: expected a string`);
+    return (t) => (t === "" ? t : prepend + t);
+  }
+  if (type === "Replace") {
+    const cfg = parseOrThrow(ReplaceSchema, node, source, path);
+    const re = replacePattern(cfg.pattern, source, [...path, "pattern"]);
+    return (t) => t.replace(re, () => cfg.content);
+  }
   if (type === "Sequence") {
     const children = (node as { normalizers?: unknown }).normalizers;
     if (!Array.isArray(children))
@@ -267,7 +352,7 @@ function buildNormalizer(node: unknown, source: string, path: PropertyKey[]): (t
   }
   throw new UserError(
     `${source}: field ${formatPath([...path, "type"])}: unsupported normalizer ${JSON.stringify(type ?? null)} ` +
-      "(supported: null, NFC, NFD, NFKC, NFKD, Lowercase, Sequence)",
+      "(supported: null, NFC, NFD, NFKC, NFKD, Lowercase, Prepend, Replace, Sequence)",
   );
 }
 
@@ -279,6 +364,10 @@ interface JsonExtras {
   decoder: unknown;
   ignoreMerges: boolean;
   addedTokenFlags: Map<number, Record<string, unknown>>;
+  /** The model fields of a SentencePiece-style (non-byte-level) BPE, written back as loaded. */
+  unkToken: string | null;
+  fuseUnk: boolean;
+  byteFallback: boolean;
 }
 
 const OUR_PRE_TOKENIZER = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true };
@@ -292,6 +381,9 @@ function defaultExtras(): JsonExtras {
     decoder: OUR_DECODER,
     ignoreMerges: false,
     addedTokenFlags: new Map(),
+    unkToken: null,
+    fuseUnk: false,
+    byteFallback: false,
   };
 }
 
@@ -318,7 +410,12 @@ export class BpeTokenizer {
   private readonly merges: readonly (readonly [number, number])[];
   private readonly mergeRank = new Map<number, number>();
   private readonly mergeResult: Int32Array;
-  private readonly byteIds: Int32Array;
+  /** Byte-level vocabularies: the id of each byte's character; null for SentencePiece-style ones. */
+  private readonly byteIds: Int32Array | null;
+  /** SentencePiece-style vocabularies: the ids of <0x00>..<0xFF> (-1 where absent), the unknown id. */
+  private readonly fallbackIds: Int32Array;
+  private readonly unkId: number | null;
+  private readonly decoder: TokenDecoder | null;
   private readonly added: readonly AddedToken[];
   private readonly addedById = new Map<number, AddedToken>();
   private readonly addedByContent = new Map<string, AddedToken>();
@@ -336,6 +433,8 @@ export class BpeTokenizer {
     pipeline: Pipeline;
     extras: JsonExtras;
     warnings: string[];
+    /** A SentencePiece-style vocabulary: tokens are text (▁ for spaces), decoded by this decoder chain. */
+    unicode?: { decoder: TokenDecoder };
   }) {
     this.tokens = init.tokens;
     this.merges = init.merges;
@@ -354,12 +453,23 @@ export class BpeTokenizer {
       maxId = Math.max(maxId, a.id);
     }
     this.vocabSize = maxId + 1;
-    this.byteIds = new Int32Array(256);
-    for (let b = 0; b < 256; b++) {
-      const id = this.tokenIds.get(BYTE_TO_CHAR[b]);
-      if (id === undefined) throw new Error(`byte token for 0x${b.toString(16)} missing`);
-      this.byteIds[b] = id;
+    this.fallbackIds = new Int32Array(256).fill(-1);
+    if (init.unicode === undefined) {
+      this.decoder = null;
+      this.byteIds = new Int32Array(256);
+      for (let b = 0; b < 256; b++) {
+        const id = this.tokenIds.get(BYTE_TO_CHAR[b]);
+        if (id === undefined) throw new Error(`byte token for 0x${b.toString(16)} missing`);
+        this.byteIds[b] = id;
+      }
+    } else {
+      this.decoder = init.unicode.decoder;
+      this.byteIds = null;
+      if (init.extras.byteFallback)
+        for (let b = 0; b < 256; b++) this.fallbackIds[b] = this.tokenIds.get(byteFallbackToken(b)) ?? -1;
     }
+    const unk = init.extras.unkToken;
+    this.unkId = unk === null ? null : (this.tokenIds.get(unk) ?? null);
     this.mergeResult = new Int32Array(init.merges.length);
     init.merges.forEach(([a, b], rank) => {
       const key = pairKey(a, b);
@@ -465,25 +575,31 @@ export class BpeTokenizer {
     const warnings: string[] = [];
     if (model.continuing_subword_prefix || model.end_of_word_suffix)
       throw new UserError(
-        `${source}: field model.continuing_subword_prefix/end_of_word_suffix: not supported by byte-level BPE`,
-      );
-    if (model.byte_fallback === true)
-      throw new UserError(
-        `${source}: field model.byte_fallback: byte fallback (SentencePiece style) is not supported`,
+        `${source}: field model.continuing_subword_prefix/end_of_word_suffix: not supported`,
       );
     if (typeof model.dropout === "number" && model.dropout > 0)
       warnings.push(`${source}: model.dropout ${model.dropout} ignored (encoding is deterministic)`);
 
-    const state = { byteLevel: false };
+    // A ByteLevel pre-tokenizer makes a byte-level BPE (GPT-2 style); without one the vocabulary is
+    // text, SentencePiece style (Llama 2, Mistral): characters, "▁" for spaces, <0xXX> byte fallback.
+    const state = { byteLevel: false, metaspace: false };
     const preTokenize = buildPreTokenizer(file.pre_tokenizer, source, ["pre_tokenizer"], warnings, state);
-    if (!state.byteLevel)
+    if (state.byteLevel && state.metaspace)
       throw new UserError(
-        `${source}: field pre_tokenizer: no ByteLevel pre-tokenizer, so not a byte-level BPE`,
+        `${source}: field pre_tokenizer: ByteLevel and Metaspace together are not supported`,
+      );
+    if (state.byteLevel && model.byte_fallback === true)
+      throw new UserError(
+        `${source}: field model.byte_fallback: byte fallback with a ByteLevel pre-tokenizer is not supported ` +
+          "(a byte-level vocabulary covers every byte already)",
       );
     const normalize = buildNormalizer(file.normalizer, source, ["normalizer"]);
-    const decoderType = (file.decoder as { type?: unknown } | null | undefined)?.type;
-    if (decoderType !== "ByteLevel")
-      warnings.push(`${source}: decoder ${JSON.stringify(decoderType ?? null)} treated as ByteLevel`);
+    let decoder: TokenDecoder | null = null;
+    if (state.byteLevel) {
+      const decoderType = (file.decoder as { type?: unknown } | null | undefined)?.type;
+      if (decoderType !== "ByteLevel")
+        warnings.push(`${source}: decoder ${JSON.stringify(decoderType ?? null)} treated as ByteLevel`);
+    } else decoder = buildDecoder(file.decoder, source, ["decoder"]);
 
     // zod's record drops a "__proto__" key, so the vocabulary is read from the raw object.
     const rawVocab = (json as { model: { vocab: Record<string, unknown> } }).model.vocab;
@@ -503,7 +619,11 @@ export class BpeTokenizer {
     tokens.forEach((t, i) => {
       if (t !== undefined) vocabIds.set(t, i);
     });
-    for (let b = 0; b < 256; b++)
+    if (model.unk_token && !vocabIds.has(model.unk_token))
+      throw new UserError(
+        `${source}: field model.unk_token: ${JSON.stringify(model.unk_token)} is not in model.vocab`,
+      );
+    for (let b = 0; b < 256 && state.byteLevel; b++)
       if (!vocabIds.has(BYTE_TO_CHAR[b]))
         throw new UserError(
           `${source}: field model.vocab: no token for byte 0x${b.toString(16).padStart(2, "0")} ` +
@@ -557,8 +677,12 @@ export class BpeTokenizer {
         decoder: file.decoder ?? null,
         ignoreMerges: model.ignore_merges === true,
         addedTokenFlags,
+        unkToken: model.unk_token ?? null,
+        fuseUnk: model.fuse_unk === true,
+        byteFallback: model.byte_fallback === true,
       },
       warnings,
+      ...(decoder === null ? {} : { unicode: { decoder } }),
     });
   }
 
@@ -611,11 +735,11 @@ export class BpeTokenizer {
       model: {
         type: "BPE",
         dropout: null,
-        unk_token: null,
+        unk_token: this.extras.unkToken,
         continuing_subword_prefix: null,
         end_of_word_suffix: null,
-        fuse_unk: false,
-        byte_fallback: false,
+        fuse_unk: this.extras.fuseUnk,
+        byte_fallback: this.extras.byteFallback,
         // Written only when set: older HF releases predate the field.
         ...(this.extras.ignoreMerges ? { ignore_merges: true } : {}),
         vocab,
@@ -649,9 +773,18 @@ export class BpeTokenizer {
     return this.addedByContent.has(content);
   }
 
-  /** The end of a chat turn: <|im_end|>, or <|endoftext|> for tokenizers without chat tokens. */
+  /**
+   * The end of a chat turn: <|im_end|>, or <|endoftext|> for tokenizers without chat tokens, else the
+   * first end-of-turn id of the model's own chat format (Llama's <|eot_id|> or </s>).
+   */
   get eosId(): number {
-    return this.hasSpecial("<|im_end|>") ? this.specialId("<|im_end|>") : this.specialId("<|endoftext|>");
+    if (this.hasSpecial("<|im_end|>")) return this.specialId("<|im_end|>");
+    if (this.hasSpecial("<|endoftext|>")) return this.specialId("<|endoftext|>");
+    const own = this.chat?.stopIds[0];
+    if (own !== undefined) return own;
+    throw new UserError(
+      "tokenizer has no end-of-turn token (<|im_end|>, <|endoftext|>, or eos_token in tokenizer_config.json)",
+    );
   }
 
   /** <|im_start|>. */
@@ -698,7 +831,12 @@ export class BpeTokenizer {
       else {
         const token = Number.isInteger(id) ? this.tokens[id] : undefined;
         if (token === undefined) throw new RangeError(`token id ${id} is not in the vocabulary`);
-        bytes = tokenStringToBytes(token);
+        if (this.decoder === null) bytes = tokenStringToBytes(token);
+        else {
+          const b = this.decoder.byteOf(token);
+          bytes =
+            b === null ? new Uint8Array(Buffer.from(this.decoder.piece(token), "utf8")) : Uint8Array.of(b);
+        }
       }
       this.bytesById[id] = bytes;
     }
@@ -713,7 +851,7 @@ export class BpeTokenizer {
     const splitter = options.allowSpecial === false ? this.splitNonSpecial : this.splitAll;
     const ids: number[] = [];
     if (splitter === null) {
-      this.encodeOrdinary(text, ids);
+      this.encodeOrdinary(text, ids, true);
       return ids;
     }
     splitter.lastIndex = 0;
@@ -722,17 +860,26 @@ export class BpeTokenizer {
     for (const m of text.matchAll(splitter)) {
       const end = m.index + m[0].length;
       if (plain.some(([s, e]) => m.index < e && end > s)) continue;
-      if (m.index > last) this.encodeOrdinary(text.slice(last, m.index), ids);
+      if (m.index > last) this.encodeOrdinary(text.slice(last, m.index), ids, last === 0);
       ids.push((this.addedByContent.get(m[0]) as AddedToken).id);
       last = m.index + m[0].length;
     }
-    if (last < text.length) this.encodeOrdinary(text.slice(last), ids);
+    if (last < text.length) this.encodeOrdinary(text.slice(last), ids, last === 0);
     return ids;
   }
 
   /** Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD, as in HF. */
   decode(ids: readonly number[], options: DecodeOptions = {}): string {
-    return UTF8_DECODER.decode(this.decodeBytes(ids, options));
+    if (this.decoder === null) return UTF8_DECODER.decode(this.decodeBytes(ids, options));
+    // SentencePiece style: the file's decoder chain over the token strings, as HF runs it.
+    const strings: string[] = [];
+    for (const id of ids) {
+      if (options.skipSpecial === true && this.isSpecial(id)) continue;
+      const token = Number.isInteger(id) ? this.idToToken(id) : undefined;
+      if (token === undefined) throw new RangeError(`token id ${id} is not in the vocabulary`);
+      strings.push(token);
+    }
+    return this.decoder.decode(strings);
   }
 
   /** The raw bytes of a sequence of ids. */
@@ -754,9 +901,13 @@ export class BpeTokenizer {
     return out;
   }
 
-  private encodeOrdinary(text: string, ids: number[]): void {
+  /** Encodes text between added tokens; `atStart` when it begins the input (Metaspace "first"). */
+  private encodeOrdinary(text: string, ids: number[], atStart: boolean): void {
+    // Like HF, an empty piece (before or after normalization) gives no tokens, not even a "▁".
+    if (text === "") return;
     const normalized = this.pipeline.normalize(text);
-    for (const word of this.pipeline.preTokenize([normalized])) {
+    if (normalized === "") return;
+    for (const word of this.pipeline.preTokenize([normalized], atStart)) {
       let encoded = this.cache.get(word);
       if (encoded === undefined) {
         encoded = this.encodeWord(word);
@@ -768,6 +919,8 @@ export class BpeTokenizer {
   }
 
   private encodeWord(word: string): number[] {
+    if (this.byteIds === null) return this.encodeTextWord(word);
+    const byteIds = this.byteIds;
     const bytes: number[] = [];
     pushUtf8(word, bytes);
     if (this.extras.ignoreMerges) {
@@ -775,7 +928,45 @@ export class BpeTokenizer {
       const whole = this.tokenIds.get(bytes.map((b) => BYTE_TO_CHAR[b]).join(""));
       if (whole !== undefined) return [whole];
     }
-    return this.applyMerges(bytes.map((b) => this.byteIds[b]));
+    return this.applyMerges(bytes.map((b) => byteIds[b]));
+  }
+
+  /**
+   * A word of a SentencePiece-style vocabulary, as HF's BPE: each character is its vocab token, else
+   * its UTF-8 bytes as <0xXX> tokens (byte_fallback, when all exist), else the unknown token (runs of
+   * them fused into one with fuse_unk), else nothing; then the merges.
+   */
+  private encodeTextWord(raw: string): number[] {
+    // Lone surrogates cannot be in a Rust string; HF sees U+FFFD there.
+    const word = raw.replace(LONE_SURROGATE, "\uFFFD");
+    if (this.extras.ignoreMerges) {
+      const whole = this.tokenIds.get(word);
+      if (whole !== undefined) return [whole];
+    }
+    const symbols: number[] = [];
+    const utf8: number[] = [];
+    let lastWasUnk = false;
+    for (const ch of word) {
+      const id = this.tokenIds.get(ch);
+      if (id !== undefined) {
+        symbols.push(id);
+        lastWasUnk = false;
+        continue;
+      }
+      if (this.extras.byteFallback) {
+        utf8.length = 0;
+        pushUtf8(ch, utf8);
+        if (utf8.every((b) => this.fallbackIds[b] >= 0)) {
+          for (const b of utf8) symbols.push(this.fallbackIds[b]);
+          lastWasUnk = false;
+          continue;
+        }
+      }
+      if (this.unkId === null) continue;
+      if (!(lastWasUnk && this.extras.fuseUnk)) symbols.push(this.unkId);
+      lastWasUnk = true;
+    }
+    return this.applyMerges(symbols);
   }
 
   /**
@@ -821,6 +1012,8 @@ export class BpeTokenizer {
     return out;
   }
 }
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
 
 // Word positions must stay below this for heap keys (rank * limit + position) to be exact doubles.
 const POSITION_LIMIT = 2 ** 26;
