@@ -89,6 +89,8 @@ export class ChatFormat {
   readonly templateSource: string;
   /** Ids that end a generated turn, in a stable order. */
   readonly stopIds: readonly number[];
+  /** The id of tokenizer_config.json's eos_token, when it names one. */
+  readonly eosTokenId: number | null;
   /** The tokenizer_config.json this format came from, kept so a saved checkpoint keeps its template. */
   readonly tokenizerConfig: Record<string, unknown> | undefined;
   private readonly compiled: Template | null;
@@ -100,6 +102,7 @@ export class ChatFormat {
       template: string | null;
       templateSource: string;
       stopIds: number[];
+      eosTokenId?: number | null;
       tokenizerConfig?: Record<string, unknown>;
       specialValues: Record<string, string>;
     },
@@ -107,6 +110,7 @@ export class ChatFormat {
     this.template = init.template;
     this.templateSource = init.templateSource;
     this.stopIds = init.stopIds;
+    this.eosTokenId = init.eosTokenId ?? null;
     this.tokenizerConfig = init.tokenizerConfig;
     this.specialValues = init.specialValues;
     this.compiled = null;
@@ -123,7 +127,11 @@ export class ChatFormat {
   }
 
   /** The built-in ChatML format; stops at <|im_end|> and <|endoftext|> where the tokenizer has them. */
-  static chatML(tokenizer: BpeTokenizer, extraStopIds: readonly number[] = []): ChatFormat {
+  static chatML(
+    tokenizer: BpeTokenizer,
+    extraStopIds: readonly number[] = [],
+    eosTokenId: number | null = null,
+  ): ChatFormat {
     const stops: number[] = [];
     for (const token of ["<|im_end|>", "<|endoftext|>"])
       if (tokenizer.hasSpecial(token)) stops.push(tokenizer.specialId(token));
@@ -132,6 +140,7 @@ export class ChatFormat {
       template: null,
       templateSource: "built-in ChatML",
       stopIds: stops,
+      eosTokenId,
       specialValues: {},
     });
   }
@@ -178,6 +187,7 @@ export class ChatFormat {
         ? eosIds(genEos, `${genPath}: field eos_token_id`)
         : eosIds(sources.configEosTokenId, "config.json: field eos_token_id");
     const eosToken = specialValues.eos_token;
+    let eosTokenId: number | null = null;
     if (eosToken !== undefined) {
       const id = tokenizer.tokenToId(eosToken);
       if (id === undefined)
@@ -185,8 +195,9 @@ export class ChatFormat {
           `${configPath}: field eos_token: ${JSON.stringify(eosToken)} is not a token of the tokenizer`,
         );
       modelStops.push(id);
+      eosTokenId = id;
     }
-    if (template === null) return ChatFormat.chatML(tokenizer, modelStops);
+    if (template === null) return ChatFormat.chatML(tokenizer, modelStops, eosTokenId);
     const stopIds: number[] = [];
     for (const id of modelStops) if (!stopIds.includes(id)) stopIds.push(id);
     if (stopIds.length === 0)
@@ -197,6 +208,7 @@ export class ChatFormat {
       template,
       templateSource,
       stopIds,
+      eosTokenId,
       ...(config === undefined ? {} : { tokenizerConfig: config }),
       specialValues,
     });

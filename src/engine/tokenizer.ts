@@ -797,9 +797,15 @@ export class BpeTokenizer {
     return this.specialId("<|im_end|>");
   }
 
-  /** <|endoftext|>, which ends raw-text documents. */
+  /**
+   * What ends raw-text documents: <|endoftext|>, else the eos_token of the model's tokenizer_config.json
+   * (Llama's </s> or <|end_of_text|>), else its first end-of-turn id.
+   */
   get endOfTextId(): number {
-    return this.specialId("<|endoftext|>");
+    if (this.hasSpecial("<|endoftext|>") || this.chat === undefined) return this.specialId("<|endoftext|>");
+    const own = this.chat.eosTokenId ?? this.chat.stopIds[0];
+    if (own === undefined) return this.specialId("<|endoftext|>");
+    return own;
   }
 
   /** The id used to pad batches: <|endoftext|> if present, else the EOS id (padding is masked out). */
