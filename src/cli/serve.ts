@@ -1,7 +1,7 @@
 import type { Command } from "commander";
-import { startServer } from "../serve/server.js";
+import { DEFAULT_MAX_MODEL_LEN, startServer } from "../serve/server.js";
 import { UserError } from "../util/errors.js";
-import { parseIntFlag } from "./common.js";
+import { parseIntFlag, parseNumberFlag } from "./common.js";
 
 interface ServeFlags {
   model: string;
@@ -14,6 +14,8 @@ interface ServeFlags {
   threads?: string;
   seed?: string;
   maxBodyBytes: string;
+  maxModelLen?: string;
+  drainTimeout: string;
 }
 
 /** Registers `selfsteer serve`: an OpenAI-compatible HTTP server over a local checkpoint. */
@@ -33,6 +35,15 @@ export function register(program: Command): void {
     .option("--threads <n>", "threads of the WASM kernels (default: every core)")
     .option("--seed <n>", "seeds the requests that carry no seed (default: random)")
     .option("--max-body-bytes <n>", "largest request body; larger ones get 413", String(4 * 1024 * 1024))
+    .option(
+      "--max-model-len <n>",
+      `longest prompt + completion served (default: max_position_embeddings, at most ${DEFAULT_MAX_MODEL_LEN})`,
+    )
+    .option(
+      "--drain-timeout <s>",
+      "on SIGTERM, seconds in-flight requests may still run before they are ended with an error",
+      "10",
+    )
     .addHelpText(
       "after",
       `
@@ -40,7 +51,8 @@ Endpoints: GET /v1/models, POST /v1/chat/completions (stream, n, seed, stop, log
 POST /v1/completions (prompt text or token ids; echo + logprobs + max_tokens 0 scores a text), GET /health.
 Concurrent requests share decode steps; a request with seed s samples with seeds s, s+1, ... (n > 1),
 and the same seed gives the same text whatever else is running. SIGTERM or SIGINT stops taking
-requests, finishes the running ones and exits 0.
+requests (they get 503), lets the running ones finish for up to --drain-timeout seconds, ends the
+rest with an error and exits 0.
 
 Example:
   selfsteer serve --model runs/base --port 8000
@@ -52,6 +64,9 @@ Example:
       const maxBatch = parseIntFlag("--max-batch", flags.maxBatch, 1);
       const maxQueue = parseIntFlag("--max-queue", flags.maxQueue, 0);
       const maxBodyBytes = parseIntFlag("--max-body-bytes", flags.maxBodyBytes, 1);
+      const maxModelLen =
+        flags.maxModelLen === undefined ? undefined : parseIntFlag("--max-model-len", flags.maxModelLen, 2);
+      const drainTimeoutMs = 1000 * parseNumberFlag("--drain-timeout", flags.drainTimeout, 0, 86_400);
       if (flags.backend !== "auto" && flags.backend !== "wasm" && flags.backend !== "plain")
         throw new UserError(`--backend: expected auto, wasm or plain, got '${flags.backend}'`);
       const threads = flags.threads === undefined ? undefined : parseIntFlag("--threads", flags.threads, 1);
@@ -66,6 +81,8 @@ Example:
         maxBatch,
         maxQueue,
         maxBodyBytes,
+        drainTimeoutMs,
+        ...(maxModelLen === undefined ? {} : { maxModelLen }),
         backend: flags.backend,
         log,
         ...(flags.modelName === undefined ? {} : { modelName: flags.modelName }),
@@ -81,7 +98,7 @@ Example:
             process.exit(130);
           }
           stopping = true;
-          log(`${signal}: finishing in-flight requests, then exiting`);
+          log(`${signal}: finishing in-flight requests (at most ${drainTimeoutMs / 1000} s), then exiting`);
           server.close().then(resolve, (error: unknown) => {
             log(`error while closing: ${error instanceof Error ? error.message : String(error)}`);
             process.exitCode = 1;

@@ -8,6 +8,7 @@ import type { ServerResponse } from "node:http";
 import { encodeChat } from "../engine/chat.js";
 import { type ChoiceOutput, type ServeContext, type StreamHooks, samplingSettings } from "./context.js";
 import { requestId, sendJson, startEventStream, usageOf, writeEvent } from "./http.js";
+import { checkChatMessages } from "./limits.js";
 import { ChatCompletionRequestSchema, invalidRequest, parseBody, stopList } from "./protocol.js";
 import type { SampledToken, TokenLogprob } from "./scheduler.js";
 import { tokenBytesOrEmpty, tokenText } from "./text.js";
@@ -47,6 +48,7 @@ export async function handleChatCompletions(
   ctx.checkModel(body.model);
   const n = body.n ?? 1;
   ctx.checkSamples(n);
+  checkChatMessages(ctx, body.messages);
   if (!ctx.chatReady)
     throw invalidRequest(
       "this model's tokenizer has no <|im_start|>/<|im_end|> tokens, so it has no chat format; use /v1/completions",

@@ -5,6 +5,7 @@
  * OpenAI and vLLM do), so `echo + logprobs + max_tokens 0` scores a given text. Choice i*n + k is
  * sample k of prompt i.
  */
+import { setMaxListeners } from "node:events";
 import type { ServerResponse } from "node:http";
 import {
   type ChoiceOutput,
@@ -15,6 +16,7 @@ import {
   samplingSettings,
 } from "./context.js";
 import { requestId, sendJson, startEventStream, usageOf, writeEvent } from "./http.js";
+import { checkPromptSize, checkQueueFit } from "./limits.js";
 import {
   type CompletionRequest,
   CompletionRequestSchema,
@@ -40,6 +42,11 @@ interface ScoredPrompt {
   offsets: number[];
 }
 
+/** How many prompts a request's `prompt` field holds. */
+function promptCount(prompt: CompletionRequest["prompt"]): number {
+  return typeof prompt === "string" || typeof prompt[0] === "number" ? 1 : prompt.length;
+}
+
 /** The prompts of a request as ids, checked against the vocabulary. */
 function promptInputs(ctx: ServeContext, prompt: CompletionRequest["prompt"]): PromptInput[] {
   const nested = Array.isArray(prompt) && Array.isArray(prompt[0]);
@@ -51,6 +58,7 @@ function promptInputs(ctx: ServeContext, prompt: CompletionRequest["prompt"]): P
         : (prompt as (string | number[])[]);
   return list.map((p, i) => {
     const param = typeof prompt === "string" || typeof prompt[0] === "number" ? "prompt" : `prompt[${i}]`;
+    checkPromptSize(ctx, p, param);
     if (typeof p === "string") {
       const ids = ctx.tokenizer.encode(p);
       if (ids.length === 0)
@@ -134,6 +142,7 @@ export async function handleCompletions(
   ctx.checkSamples(n);
   if (body.best_of !== null && body.best_of !== undefined && body.best_of !== n)
     throw invalidRequest("best_of: only best_of equal to n is supported by this server", "best_of");
+  checkQueueFit(ctx, promptCount(body.prompt), n);
   const prompts = promptInputs(ctx, body.prompt);
   const maxTokens = body.max_tokens ?? 16;
   for (const p of prompts) ctx.checkContext(p.ids.length, maxTokens, p.param, "max_tokens");
@@ -146,6 +155,8 @@ export async function handleCompletions(
   const promptTokens = prompts.reduce((sum, p) => sum + p.ids.length, 0);
   // One abort for all of the request's prompts: a client gone, or one prompt failing, stops them all.
   const controller = new AbortController();
+  // Each prompt listens for the abort (scoring and sampling): many prompts are many listeners, not a leak.
+  setMaxListeners(2 * prompts.length + 10, controller.signal);
   const abortAll = () => controller.abort();
   signal.addEventListener("abort", abortAll, { once: true });
 

@@ -117,7 +117,14 @@ export function readJsonBody(req: IncomingMessage, limit: number): Promise<unkno
       if (!failed) reject(new ClientGone(err.message));
       failed = true;
     });
+    let ended = false;
+    // A connection closed before the body ended (client gone, or the drain deadline closed it).
+    req.on("close", () => {
+      if (!ended && !failed) reject(new ClientGone("the connection closed before the request body ended"));
+      failed = true;
+    });
     req.on("end", () => {
+      ended = true;
       if (failed) return;
       const text = Buffer.concat(chunks).toString("utf8");
       if (text.trim() === "") {

@@ -9,13 +9,16 @@
  *                                                                                        (completions.ts)
  * Every request runs through one BatchScheduler, so concurrent requests share decode steps. Samples
  * of a request with seed s use seeds s, s+1, ... (n > 1), each drawn from its own Rng, so the same
- * seed gives the same text whatever else is being served. close() stops taking requests, lets the
- * running ones finish and then resolves.
+ * seed gives the same text whatever else is being served. close() drains: new requests get 503
+ * while the listener stays open, running ones may finish until a deadline, then the rest are ended
+ * with an error and the server stops. Bad URLs and requests Node's HTTP parser rejects are answered
+ * in OpenAI's error shape too.
  */
 import { randomBytes } from "node:crypto";
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type ServerResponse, STATUS_CODES } from "node:http";
 import type { AddressInfo } from "node:net";
 import { basename, resolve as resolvePath } from "node:path";
+import type { Duplex } from "node:stream";
 import { type CreatedKernels, createKernels } from "../engine/kernels/index.js";
 import { type LoadedModelDir, loadModelDir } from "../engine/load.js";
 import { UserError } from "../util/errors.js";
@@ -58,6 +61,10 @@ export interface ServeOptions {
   seed?: number;
   /** Where to report kernel fallbacks and internal errors (default: nowhere). */
   log?: (line: string) => void;
+  /** Longest prompt + completion served (default: max_position_embeddings, at most 8192: the KV cache is sized by it). */
+  maxModelLen?: number;
+  /** How long close() lets in-flight requests run before ending them with an error (default 10000 ms). */
+  drainTimeoutMs?: number;
 }
 
 /** A running server. */
@@ -69,11 +76,17 @@ export interface ServerHandle {
   modelName: string;
   /** Scheduler counters (running, waiting, decode steps, tokens, busy time). */
   stats(): SchedulerStats;
-  /** Stops taking requests, finishes the in-flight ones, closes connections, frees owned kernels. */
+  /**
+   * Drains: new requests get 503 while in-flight ones run until the drain deadline, then those left
+   * are ended with a 503 (or an error event mid-stream); then closes connections, frees owned kernels.
+   */
   close(): Promise<void>;
 }
 
 const DEFAULT_MAX_BODY = 4 * 1024 * 1024;
+/** The default cap on prompt + completion: a chat without max_tokens runs to the context's end. */
+export const DEFAULT_MAX_MODEL_LEN = 8192;
+const DEFAULT_DRAIN_MS = 10_000;
 
 /** The model to serve and the kernels this server must free (null when the caller owns them). */
 function openModel(options: ServeOptions, log: (line: string) => void) {
@@ -114,6 +127,86 @@ function toHttpError(error: unknown, log: (line: string) => void): HttpError {
   return new HttpError(500, `internal error: ${message}`, "server_error", null, "internal_error");
 }
 
+/** Resolves true once every task in `tasks` (a live set) has settled, or false after `ms`. */
+async function settleWithin(tasks: Set<Promise<void>>, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (tasks.size > 0) {
+    const left = deadline - Date.now();
+    if (left <= 0) return false;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, left);
+    });
+    await Promise.race([Promise.allSettled([...tasks]), timeout]);
+    clearTimeout(timer);
+  }
+  return true;
+}
+
+/** The request's path without trailing slashes; a URL that does not parse is a 400. */
+function requestPath(req: IncomingMessage): string {
+  let pathname: string;
+  try {
+    pathname = new URL(req.url ?? "/", "http://localhost").pathname;
+  } catch {
+    throw new HttpError(400, "the request URL is not valid", "invalid_request_error", null, "invalid_url");
+  }
+  return pathname.replace(/\/+$/, "") || "/";
+}
+
+/** Percent-decodes one path segment; bad escapes (%E0%A4%A) are a 400, not a crash. */
+function decodePathPart(part: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    throw new HttpError(
+      400,
+      `the request URL has an invalid percent-encoding: ${JSON.stringify(part.slice(0, 200))}`,
+      "invalid_request_error",
+      null,
+      "invalid_url",
+    );
+  }
+}
+
+// Node's HTTP parser errors by code: the status and message to answer them with.
+const CLIENT_ERRORS: Record<string, [number, string]> = {
+  HPE_HEADER_OVERFLOW: [431, "the request headers are too large"],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, "the request took too long to arrive"],
+  ERR_HTTP_HEADERS_TIMEOUT: [408, "the request headers took too long to arrive"],
+  HPE_INVALID_CONTENT_LENGTH: [400, "the Content-Length header is not valid"],
+  HPE_UNEXPECTED_CONTENT_LENGTH: [400, "Content-Length and Transfer-Encoding must not both be sent"],
+  HPE_INVALID_TRANSFER_ENCODING: [400, "the Transfer-Encoding header is not valid"],
+  HPE_INVALID_METHOD: [400, "the request method is not valid"],
+  HPE_INVALID_URL: [400, "the request URL is not valid"],
+};
+
+/**
+ * Answers a request Node's HTTP parser rejected (bad request line, bad Content-Length, huge headers)
+ * with OpenAI's error JSON, written straight to the socket (there is no response object), then closes
+ * it. Nothing is written when the client is gone or a response on this socket has already started.
+ */
+function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
+  const started = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent;
+  if (error.code === "ECONNRESET" || !socket.writable || started === true) {
+    socket.destroy();
+    return;
+  }
+  const [status, message] = CLIENT_ERRORS[error.code ?? ""] ?? [400, "the request is not valid HTTP"];
+  const body = JSON.stringify(
+    new HttpError(
+      status,
+      `${message} (${error.code ?? "parse error"})`,
+      "invalid_request_error",
+      null,
+      "bad_request",
+    ).body(),
+  );
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Bad Request"}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+  );
+}
+
 /** Starts the server; resolves once it listens. */
 export async function startServer(options: ServeOptions): Promise<ServerHandle> {
   const log = options.log ?? (() => {});
@@ -126,17 +219,27 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
   };
   const maxBatch = options.maxBatch ?? 32;
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY;
+  const drainMs = options.drainTimeoutMs ?? DEFAULT_DRAIN_MS;
+  const contextLength = Math.min(
+    loaded.config.max_position_embeddings,
+    options.maxModelLen ?? DEFAULT_MAX_MODEL_LEN,
+  );
+  if (contextLength < loaded.config.max_position_embeddings)
+    log(
+      `serving ${contextLength} of the model's ${loaded.config.max_position_embeddings} positions (--max-model-len)`,
+    );
   const scheduler = new BatchScheduler(loaded.model, {
     maxBatch,
     maxQueue: options.maxQueue ?? 256,
-    contextLength: loaded.config.max_position_embeddings,
+    contextLength,
     // Ids past the tokenizer's vocabulary have no text: they are never sampled.
     sampleVocab: loaded.tokenizer.vocabSize,
   });
   const ctx = new ServeContext(
     options.modelName ?? basename(resolvePath(loaded.dir)),
     loaded.tokenizer,
-    loaded.config,
+    // The context the handlers check against is the one served, which --max-model-len may shorten.
+    { ...loaded.config, max_position_embeddings: contextLength },
     scheduler,
     maxBatch,
     options.seed ?? randomBytes(4).readUInt32LE(0),
@@ -144,14 +247,20 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
 
   let closing = false;
   const inflight = new Set<Promise<void>>();
+  // Requests being handled, with the abort that cancels their samples (the drain deadline uses it).
+  const active = new Map<ServerResponse, AbortController>();
 
-  async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  async function route(
+    req: IncomingMessage,
+    res: ServerResponse,
+    controller: AbortController,
+  ): Promise<void> {
     const method = req.method ?? "GET";
-    const path = new URL(req.url ?? "/", "http://localhost").pathname.replace(/\/+$/, "") || "/";
     if (closing) {
       req.resume();
       throw new SchedulerClosedError();
     }
+    const path = requestPath(req);
     const allow = (methods: string) => {
       if (methods.split(", ").includes(method)) return true;
       req.resume();
@@ -165,7 +274,6 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
       );
     };
     // A client that hangs up mid-request cancels its samples.
-    const controller = new AbortController();
     res.on("close", () => {
       if (!res.writableFinished) controller.abort();
     });
@@ -173,7 +281,7 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
     if (path === "/v1/models" && allow("GET"))
       return sendJson(res, 200, { object: "list", data: [ctx.modelCard()] });
     if (path.startsWith("/v1/models/") && allow("GET")) {
-      ctx.checkModel(decodeURIComponent(path.slice("/v1/models/".length)));
+      ctx.checkModel(decodePathPart(path.slice("/v1/models/".length)));
       return sendJson(res, 200, ctx.modelCard());
     }
     if (path === "/v1/chat/completions" && allow("POST"))
@@ -186,16 +294,25 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
 
   const server = createServer((req, res) => {
     res.on("error", () => {});
-    const task = route(req, res).catch((error: unknown) => {
+    const controller = new AbortController();
+    active.set(res, controller);
+    const task = route(req, res, controller).catch((error: unknown) => {
       if (error instanceof ClientGone || error instanceof CancelledError) {
-        res.destroy();
+        // Ended already when the drain deadline answered it; otherwise nobody is left to answer.
+        if (!res.writableEnded) res.destroy();
         return;
       }
       sendError(res, toHttpError(error, log));
     });
     inflight.add(task);
-    void task.finally(() => inflight.delete(task));
+    void task.finally(() => {
+      inflight.delete(task);
+      active.delete(res);
+    });
   });
+  server.on("clientError", (error: NodeJS.ErrnoException, socket: Duplex) =>
+    answerClientError(error, socket),
+  );
 
   const host = options.host ?? "127.0.0.1";
   try {
@@ -229,14 +346,30 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
       if (closed !== null) return closed;
       closing = true;
       closed = (async () => {
+        // The listener stays open while draining, so new requests get a 503 rather than a refused connection.
+        server.closeIdleConnections();
+        const drained = await settleWithin(inflight, drainMs);
+        if (!drained) {
+          log(`drain deadline (${drainMs} ms) passed: ending ${active.size} request(s) with an error`);
+          const expired = new HttpError(
+            503,
+            `the server is shutting down and this request did not finish within the ${drainMs} ms drain deadline`,
+            "service_unavailable",
+            null,
+            "shutting_down",
+            { connection: "close" },
+          );
+          for (const [res, controller] of active) {
+            sendError(res, expired);
+            controller.abort();
+          }
+          await settleWithin(inflight, 1000);
+        }
+        await scheduler.close();
         const listening = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
-        // Requests already being handled finish (they may still be reading their bodies).
-        while (inflight.size > 0) await Promise.allSettled([...inflight]);
-        await scheduler.close();
-        server.closeIdleConnections();
-        // Connections still open are idle keep-alive ones a client holds; they carry no request.
-        const forced = setTimeout(() => server.closeAllConnections(), 1000);
+        // Connections still open are idle keep-alive ones a client holds, or ones we just answered.
+        const forced = setTimeout(() => server.closeAllConnections(), drained ? 1000 : 100);
         await listening;
         clearTimeout(forced);
         disposeKernels();
