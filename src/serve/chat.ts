@@ -8,7 +8,7 @@ import type { ServerResponse } from "node:http";
 import { encodeChat } from "../engine/chat.js";
 import { type ChoiceOutput, type ServeContext, type StreamHooks, samplingSettings } from "./context.js";
 import { requestId, sendJson, startEventStream, usageOf, writeEvent } from "./http.js";
-import { checkChatMessages } from "./limits.js";
+import { checkChatMessages, precheckChatBody } from "./limits.js";
 import { ChatCompletionRequestSchema, invalidRequest, parseBody, stopList } from "./protocol.js";
 import type { SampledToken, TokenLogprob } from "./scheduler.js";
 import { tokenBytesOrEmpty, tokenText } from "./text.js";
@@ -44,6 +44,7 @@ export async function handleChatCompletions(
   res: ServerResponse,
   signal: AbortSignal,
 ): Promise<void> {
+  precheckChatBody(ctx, raw);
   const body = parseBody(ChatCompletionRequestSchema, raw);
   ctx.checkModel(body.model);
   const n = body.n ?? 1;

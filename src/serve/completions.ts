@@ -16,7 +16,7 @@ import {
   samplingSettings,
 } from "./context.js";
 import { requestId, sendJson, startEventStream, usageOf, writeEvent } from "./http.js";
-import { checkPromptSize, checkQueueFit } from "./limits.js";
+import { checkPromptSize, checkQueueFit, precheckCompletionBody } from "./limits.js";
 import {
   type CompletionRequest,
   CompletionRequestSchema,
@@ -136,6 +136,7 @@ export async function handleCompletions(
   res: ServerResponse,
   signal: AbortSignal,
 ): Promise<void> {
+  precheckCompletionBody(ctx, raw);
   const body = parseBody(CompletionRequestSchema, raw);
   ctx.checkModel(body.model);
   const n = body.n ?? 1;

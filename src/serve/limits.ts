@@ -99,3 +99,56 @@ export function checkChatMessages(ctx: ServeContext, messages: readonly MessageS
       "context_length_exceeded",
     );
 }
+
+/**
+ * Bounds a completions body's `prompt` arrays before schema validation, which costs time per element
+ * (a 4 MB body holds a million token ids): a flat list of ids longer than the context, a nested one
+ * with a list longer than the context, or more prompts than the queue can take is refused at once.
+ */
+export function precheckCompletionBody(ctx: ServeContext, raw: unknown): void {
+  precheckStop(raw);
+  const prompt = raw !== null && typeof raw === "object" ? (raw as { prompt?: unknown }).prompt : undefined;
+  if (!Array.isArray(prompt) || prompt.length === 0) return;
+  if (typeof prompt[0] === "number") {
+    checkPromptSize(ctx, prompt as number[], "prompt");
+    return;
+  }
+  checkQueueFit(ctx, prompt.length, 1);
+  prompt.forEach((p, i) => {
+    if (Array.isArray(p)) checkPromptSize(ctx, p as number[], `prompt[${i}]`);
+  });
+}
+
+/**
+ * Bounds a chat body's `messages` before schema validation: every message costs at least one token,
+ * so more messages than the context holds can never fit; content parts are held to the same count.
+ */
+export function precheckChatBody(ctx: ServeContext, raw: unknown): void {
+  precheckStop(raw);
+  const messages =
+    raw !== null && typeof raw === "object" ? (raw as { messages?: unknown }).messages : undefined;
+  if (!Array.isArray(messages)) return;
+  if (messages.length > ctx.contextLength)
+    throw invalidRequest(
+      `This model's maximum context length is ${ctx.contextLength} tokens. However, the request has ${messages.length} messages, each at least one token. Please send fewer messages.`,
+      "messages",
+      "context_length_exceeded",
+    );
+  let parts = 0;
+  for (const m of messages) {
+    const content = m !== null && typeof m === "object" ? (m as { content?: unknown }).content : undefined;
+    if (Array.isArray(content)) parts += content.length;
+  }
+  if (parts > ctx.contextLength)
+    throw invalidRequest(
+      `messages: ${parts} content parts in all; at most ${ctx.contextLength} (the context length) are accepted`,
+      "messages",
+    );
+}
+
+/** The schema's limit of 16 stop strings, checked before it validates every element. */
+function precheckStop(raw: unknown): void {
+  const stop = raw !== null && typeof raw === "object" ? (raw as { stop?: unknown }).stop : undefined;
+  if (Array.isArray(stop) && stop.length > 16)
+    throw invalidRequest("stop: expected at most 16 stop strings", "stop");
+}

@@ -135,7 +135,9 @@ const tokenIds = z.array(integer("a token id (integer)").min(0, { error: "expect
 export const CompletionRequestSchema = z.object(
   {
     ...samplingFields,
-    prompt: z.union([z.string(), z.array(z.string()).min(1), tokenIds.min(1), z.array(tokenIds).min(1)], {
+    // Token ids before lists of strings: a union tries its options in order, and a long id list that
+    // first failed as strings would cost an error object per element.
+    prompt: z.union([z.string(), tokenIds.min(1), z.array(z.string()).min(1), z.array(tokenIds).min(1)], {
       error: "expected a string, an array of strings, an array of token ids, or an array of those",
     }),
     max_tokens: integer("an integer").min(0, { error: "expected an integer >= 0" }).nullish(),
