@@ -59,7 +59,8 @@ const commands: { name: string; kind: "file" | "dir"; args: string[] }[] = [
     kind: "file",
     args: ["generate", "--endpoint", "http://127.0.0.1:9/v1", "--model", "x", "--prompts", "p.jsonl"],
   },
-  { name: "export", kind: "file", args: ["export", "--format", "trl", "--in", "r.jsonl"] },
+  // Without a .json/.jsonl suffix export writes a bundle directory.
+  { name: "export (bundle)", kind: "dir", args: ["export", "--format", "trl", "--in", "r.jsonl"] },
   { name: "model init", kind: "dir", args: ["model", "init", "--config", "c.json", "--seed", "1"] },
   { name: "model export", kind: "file", args: ["model", "export", "--model", "m"] },
   {
