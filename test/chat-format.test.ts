@@ -324,5 +324,61 @@ test("a template that does not render incrementally cannot give a training mask"
     tokenizerConfig: { chat_template: `{{ messages | length }}${CHATML_PLAIN}`, eos_token: "<|im_end|>" },
   });
   assert.ok(encodeChat(t, conversation.slice(1, 2), { addGenerationPrompt: true }).ids.length > 0);
-  assert.throws(() => encodeChat(t, conversation.slice(1, 3)), /not render a conversation as a prefix/);
+  assert.throws(() => encodeChat(t, conversation.slice(1, 3)), /prompt as a prefix of the conversation/);
+});
+
+// Closer to the published templates' habits: a system message taken out with messages[1:], a date
+// from strftime_now, filters binding tighter than +, raise_exception for roles it does not take.
+const LLAMA32_LIKE = `{{- bos_token }}
+{%- if not date_string is defined %}{%- if strftime_now is defined %}{%- set date_string = strftime_now("%d %b %Y") %}{%- else %}{%- set date_string = "1 Jan 2025" %}{%- endif %}{%- endif %}
+{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] | trim %}{%- set messages = messages[1:] %}{%- else %}{%- set system_message = "" %}{%- endif %}
+{{- '<|start_header_id|>system<|end_header_id|>\n\n' + 'Today Date: ' + date_string + '\n\n' + system_message + '<|eot_id|>' }}
+{%- for message in messages %}
+{%- if message['role'] not in ['user', 'assistant'] %}{{- raise_exception('Only user and assistant roles are supported after the system message') }}{%- endif %}
+{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}`;
+
+// Qwen3's habit: the last assistant turn carries an (empty) reasoning block that earlier turns lose.
+const QWEN3_LIKE = `{%- for message in messages %}
+{%- if message.role == 'user' or message.role == 'system' %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+{%- elif message.role == 'assistant' %}
+{%- set content = message.content %}
+{%- if '</think>' in content %}{%- set content = content.split('</think>')[-1].lstrip('\n') %}{%- endif %}
+{%- if loop.last %}{{- '<|im_start|>assistant\n<think>\n\n</think>\n\n' + content + '<|im_end|>\n' }}
+{%- else %}{{- '<|im_start|>assistant\n' + content + '<|im_end|>\n' }}{%- endif %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}{%- endif %}`;
+
+test("Llama 3.2-like template: system taken out with messages[1:], dated header, roles checked", () => {
+  const t = BpeTokenizer.fromJSON(llamaTokenizer.toJSON());
+  t.chat = ChatFormat.fromSources(t, {
+    tokenizerConfig: { chat_template: LLAMA32_LIKE, bos_token: "<|begin_of_text|>", eos_token: "<|eot_id|>" },
+  });
+  const { ids, responseMask } = encodeChat(t, conversation);
+  const text = t.decode(ids);
+  assert.match(
+    text,
+    /^<\|begin_of_text\|><\|start_header_id\|>system<\|end_header_id\|>\n\nToday Date: \d{2} \w{3} \d{4}\n\nBe brief\.<\|eot_id\|>/,
+  );
+  assert.ok(text.endsWith("<|start_header_id|>assistant<|end_header_id|>\n\nSix, of course.<|eot_id|>"));
+  assert.deepEqual(maskedRuns(t, ids, responseMask), ["Four.<|eot_id|>", "Six, of course.<|eot_id|>"]);
+  assert.throws(
+    () => encodeChat(t, [{ role: "tool" as "user", content: "42" }]),
+    (e: unknown) =>
+      e instanceof UserError &&
+      /field chat_template: cannot render \(.*Only user and assistant/.test(e.message),
+  );
+});
+
+test("Qwen3-like template: multi-turn masks though earlier turns render differently later", () => {
+  const t = chatml(QWEN3_LIKE);
+  const { ids, responseMask } = encodeChat(t, conversation.slice(1));
+  assert.deepEqual(maskedRuns(t, ids, responseMask), [
+    "Four.<|im_end|>",
+    "<think>\n\n</think>\n\nSix, of course.<|im_end|>",
+  ]);
+  const prompt = encodeChat(t, conversation.slice(1, 2), { addGenerationPrompt: true });
+  assert.ok(t.decode(prompt.ids).endsWith("<|im_start|>assistant\n"));
 });

@@ -236,13 +236,24 @@ export class ChatFormat {
     kept.forEach((m, i) => {
       if (m.role !== "assistant") return;
       const prompt = this.renderKept(kept.slice(0, i), true);
-      const through = this.renderKept(kept.slice(0, i + 1), false);
-      if (!through.startsWith(prompt) || !full.startsWith(through))
-        throw new UserError(
-          `${this.templateSource}: the template does not render a conversation as a prefix of its ` +
-            `continuation (message ${i}), so its assistant tokens cannot be located for training`,
+      const cannot = (why: string) =>
+        new UserError(
+          `${this.templateSource}: ${why} (message ${i}), so its assistant tokens cannot be located for training`,
         );
-      const endChar = prompt.length + this.turnEnd(through.slice(prompt.length), prompt.length, plain);
+      if (!full.startsWith(prompt))
+        throw cannot("the template does not render a conversation's prompt as a prefix of the conversation");
+      const through = this.renderKept(kept.slice(0, i + 1), false);
+      let endChar: number;
+      if (through.startsWith(prompt) && full.startsWith(through)) {
+        const stops = this.stopEnds(full, prompt.length, through.length, plain);
+        endChar = stops.length > 0 ? stops[stops.length - 1] : through.length;
+      } else {
+        // The turn renders differently once more messages follow (Qwen3 drops the empty reasoning
+        // block of earlier turns): it ends at the first end-of-turn token the template wrote.
+        const stops = this.stopEnds(full, prompt.length, full.length, plain);
+        if (stops.length === 0) throw cannot("no end-of-turn token follows the assistant turn");
+        endChar = stops[0];
+      }
       const start = commonPrefix(this.encodePrefix(full, prompt.length, plain), ids);
       const end = commonPrefix(this.encodePrefix(full, endChar, plain), ids);
       for (let t = start; t < end; t++) responseMask[t] = 1;
@@ -270,22 +281,28 @@ export class ChatFormat {
   }
 
   /**
-   * Where an assistant turn ends inside `region` (the rendering after its prompt): after the last
-   * stop token the template wrote (not one inside a content), else at the region's end.
+   * Where the end-of-turn tokens the template wrote in text[from, to) end, in order (occurrences
+   * inside message contents are text, not turn ends).
    */
-  private turnEnd(region: string, offset: number, plain: readonly (readonly [number, number])[]): number {
-    let end = -1;
+  private stopEnds(
+    text: string,
+    from: number,
+    to: number,
+    plain: readonly (readonly [number, number])[],
+  ): number[] {
+    const ends: number[] = [];
     for (const id of this.stopIds) {
       if (!this.tokenizer.isSpecial(id)) continue;
-      const text = this.tokenizer.idToToken(id);
-      if (text === undefined) continue;
-      for (let at = region.indexOf(text); at >= 0; at = region.indexOf(text, at + 1)) {
-        const abs = offset + at;
-        if (plain.some(([s, e]) => abs < e && abs + text.length > s)) continue;
-        end = Math.max(end, at + text.length);
-      }
+      const token = this.tokenizer.idToToken(id);
+      if (token === undefined) continue;
+      for (
+        let at = text.indexOf(token, from);
+        at >= 0 && at + token.length <= to;
+        at = text.indexOf(token, at + 1)
+      )
+        if (!plain.some(([s, e]) => at < e && at + token.length > s)) ends.push(at + token.length);
     }
-    return end < 0 ? region.length : end;
+    return ends.sort((a, b) => a - b);
   }
 
   /**
