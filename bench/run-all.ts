@@ -5,7 +5,8 @@
  * ratios against the issue's targets and writes everything to runs/bench/latest.json.
  *
  * Usage: node dist/bench/run-all.js [--presets S,M,L] [--threads N] [--steps N] [--backend auto|wasm|plain]
- *                                   [--repeat N] [--no-peer] [--no-matmul]
+ *                                   [--repeat N] [--no-peer] [--no-matmul] [--no-llamacpp]
+ * With test/interop installed, bench/llamacpp.ts adds decode speed against llama.cpp.
  */
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -42,6 +43,7 @@ interface Args {
   repeat: number;
   peer: boolean;
   matmul: boolean;
+  llamacpp: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -53,6 +55,7 @@ function parseArgs(argv: string[]): Args {
     repeat: 1,
     peer: true,
     matmul: true,
+    llamacpp: true,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -68,6 +71,7 @@ function parseArgs(argv: string[]): Args {
     else if (flag === "--repeat") args.repeat = Number(value());
     else if (flag === "--no-peer") args.peer = false;
     else if (flag === "--no-matmul") args.matmul = false;
+    else if (flag === "--no-llamacpp") args.llamacpp = false;
     else throw new Error(`unknown flag ${flag} (see the usage at the top of bench/run-all.ts)`);
   }
   if (!Number.isInteger(args.threads) || args.threads < 1)
@@ -252,6 +256,7 @@ function main(): void {
       );
     }
   }
+  const llamacpp = llamaCppPeer(args);
   const summary = {
     date: new Date().toISOString(),
     node: process.version,
@@ -265,11 +270,33 @@ function main(): void {
     runs,
     targets: { ratios: TARGETS, trainMMaxRssMB: TRAIN_M_MAX_RSS_MB, matmulGflops: MATMUL_TARGET_GFLOPS },
     matmul: matmul === null ? null : { gflops512: matmulGflops, results: matmul.results },
+    llamacpp,
   };
   const out = join(root, "runs", "bench", "latest.json");
   writeJsonAtomic(out, summary);
   process.stdout.write(`\nwritten to ${out}\n`);
   if (rows.some((r) => r.ours === null)) process.exitCode = 1;
+}
+
+/** bench/llamacpp.ts (decode against llama.cpp) when the interop package is installed; its rows are printed. */
+function llamaCppPeer(args: Args): Figures | null {
+  const installed = existsSync(join(root, "test", "interop", "node_modules", "node-llama-cpp"));
+  if (!args.llamacpp || !installed) {
+    if (args.llamacpp)
+      process.stderr.write("llama.cpp peer skipped: run `npm ci --prefix test/interop` to add it\n");
+    return null;
+  }
+  const flags = ["--threads", String(args.threads), "--repeat", String(Math.max(2, args.repeat)), "--json"];
+  const result = runJson(
+    process.execPath,
+    [join(root, "dist", "bench", "llamacpp.js"), ...flags],
+    "llamacpp",
+  );
+  for (const row of (result?.rows ?? []) as Record<string, number>[])
+    process.stdout.write(
+      `decode vs llama.cpp, ${row.sequences} sequence(s): ${row.oursTokensPerSec} vs ${row.llamaCppTokensPerSec} tok/s (ratio ${row.ratio})\n`,
+    );
+  return result;
 }
 
 main();

@@ -17,6 +17,7 @@ interface SampleOptions {
   maxTokens: string;
   stop: string[];
   backend: string;
+  threads?: string;
   json?: boolean;
 }
 
@@ -30,7 +31,9 @@ function sample(opts: SampleOptions): void {
   if (topP === 0) throw new UserError("--top-p: expected a number in (0, 1], got '0'");
   const topK = parseIntFlag("--top-k", opts.topK, 0);
   const maxTokens = parseIntFlag("--max-tokens", opts.maxTokens, 0);
-  const kernels = createKernels({ backend: parseBackend(opts.backend) });
+  const threads = opts.threads === undefined ? undefined : parseIntFlag("--threads", opts.threads, 1);
+  const backend = parseBackend(opts.backend);
+  const kernels = createKernels(threads === undefined ? { backend } : { backend, threads });
   if (kernels.warning) process.stderr.write(`selfsteer: ${kernels.warning}\n`);
   try {
     const policy = LocalPolicy.fromDir(opts.model, { kernels, topK });
@@ -84,6 +87,7 @@ export function register(program: Command): void {
     .option("--max-tokens <n>", "most new tokens per sample", "128")
     .option("--stop <text>", "a stop string (repeatable)", (v: string, acc: string[]) => [...acc, v], [])
     .option("--backend <name>", "kernels: auto (WASM SIMD if built), wasm or plain", "auto")
+    .option("--threads <n>", "kernel threads (default: the CPUs available)")
     .option("--json", "print JSON with ids, log-probs, finish reasons and usage")
     .addHelpText(
       "after",
