@@ -10,6 +10,7 @@ import { PlainKernels } from "../src/engine/kernels/index.js";
 import { loadModelDir } from "../src/engine/load.js";
 import { LlamaModel } from "../src/engine/model.js";
 import { BpeTokenizer } from "../src/engine/tokenizer.js";
+import { startServer } from "../src/serve/server.js";
 import { Rng } from "../src/util/rng.js";
 import { ok, selfsteer } from "./helpers/cli.js";
 
@@ -152,4 +153,36 @@ test("a template that does not parse stops the command naming the file and field
   const r = selfsteer("sample", "--model", bad, "--prompt", "hi");
   assert.equal(r.status, 2);
   assert.match(r.stderr, /tokenizer_config\.json: field chat_template: cannot parse the template/);
+});
+
+test("serve: chat completions use the template and finish at the model's end-of-turn ids", async () => {
+  const server = await startServer({ modelDir: dir, modelName: "l3", port: 0, backend: "plain", seed: 5 });
+  try {
+    const response = await fetch(`${server.url}/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        model: "l3",
+        messages: [{ role: "user", content: "hello" }],
+        n: 6,
+        seed: 1,
+        max_tokens: 150,
+        logprobs: true,
+      }),
+    });
+    assert.equal(response.status, 200);
+    const body = (await response.json()) as {
+      choices: { finish_reason: string; message: { content: string } }[];
+      usage: { prompt_tokens: number };
+    };
+    const loaded = loadModelDir(dir, { kernels: new PlainKernels() });
+    const prompt = encodeChat(loaded.tokenizer, [{ role: "user", content: "hello" }], {
+      addGenerationPrompt: true,
+    });
+    assert.equal(body.usage.prompt_tokens, prompt.ids.length);
+    assert.ok(body.choices.some((c) => c.finish_reason === "stop"));
+    for (const c of body.choices) assert.ok(!c.message.content.includes("<|eot_id|>"));
+  } finally {
+    await server.close();
+  }
 });
