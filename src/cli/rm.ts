@@ -440,7 +440,8 @@ export function register(program: Command): void {
       "after",
       `
 The loss is -log sigmoid(r(x, y_chosen) - r(x, y_rejected)), averaged over the pairs of a step; the
-score is read at the response's closing <|im_end|>. A policy checkpoint gets a new score head
+score is read at the response's closing end-of-turn token (<|im_end|> in ChatML, the model's own with
+its chat template). A policy checkpoint gets a new score head
 (normal, std 0.02, seeded); a reward model keeps its own. The output is an HF checkpoint
 (LlamaForSequenceClassification, num_labels 1) with trainer state beside it: rerun the same command
 to resume after an interruption. Prints a JSON summary.

@@ -92,8 +92,10 @@ export function register(program: Command): void {
     .addHelpText(
       "after",
       `
-The prompt is rendered in ChatML with a generation prompt; a sample ends at <|im_end|> or
-<|endoftext|> (not part of the text), at a stop string (cut before it) or after --max-tokens.
+The prompt is rendered with the model's own chat template (tokenizer_config.json; ChatML when it has
+none) and a generation prompt; a sample ends at the model's end-of-turn ids (generation_config.json
+eos_token_id and eos_token; ChatML: <|im_end|>, <|endoftext|>; not part of the text), at a stop string
+(cut before it) or after --max-tokens.
 
 Example:
   selfsteer sample --model runs/base --prompt "What is 2 + 3?" --n 3 --temperature 0.8 --seed 1`,

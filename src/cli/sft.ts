@@ -277,8 +277,9 @@ export function register(program: Command): void {
     .addHelpText(
       "after",
       `
-Chat examples learn the assistant turns (ChatML; an empty system prompt adds no turn); raw text learns
-every token and ends with <|endoftext|>. Loss = mean next-token NLL over a step's scored tokens.
+Chat examples learn the assistant turns and their end-of-turn tokens (the model's chat template, ChatML
+when it has none; an empty system prompt adds no turn); raw text learns every token and ends with
+<|endoftext|> (or the model's eos_token). Loss = mean next-token NLL over a step's scored tokens.
 SIGINT/SIGTERM save model + optimizer state after the current step into --out/checkpoint-N and exit
 (130/143); --save-every does the same periodically. Rerunning the same command resumes at the next
 step and ends with the same weights, bit for bit, as an uninterrupted run on the same backend.

@@ -3,8 +3,8 @@
  * pairs come from src/sso/pairs.ts; RewardBench-style reports are src/eval/rewardbench.ts's.
  *
  * A response is scored as the chat-formatted conversation (prompt turns, then the response as the
- * assistant turn) and the score is read at its last token, the response's closing <|im_end|>; the
- * newline ChatML puts after it is not part of the scored sequence, so the score sits on the token
+ * assistant turn) and the score is read at its last token, the response's closing end-of-turn token
+ * (<|im_end|> in ChatML); what the template puts after it is not part of the scored sequence, so the score sits on the token
  * that ends the answer and a response cut by the length limit is scored where it was cut.
  */
 import { scoreByLength } from "../engine/batches.js";
@@ -20,8 +20,9 @@ import { type EncodedSequence, encodeResponse, type Message, packBatch } from ".
 // Sequences and scores
 
 /**
- * Token ids of a scored response: the ChatML conversation ending at the response's <|im_end|> (or
- * where the length limit cut the response), at most maxLen tokens; the score is read at the last one.
+ * Token ids of a scored response: the chat-formatted conversation ending at the response's
+ * end-of-turn token (or where the length limit cut the response), at most maxLen tokens; the score is
+ * read at the last one.
  */
 export function encodeScored(
   tokenizer: BpeTokenizer,
