@@ -182,9 +182,23 @@ test("bad config fields are named", () => {
   expectUserError(() => loadCheckpoint(dir), "num_key_value_heads");
   writeFileSync(
     join(dir, "config.json"),
-    JSON.stringify({ ...config, rope_scaling: { type: "linear", factor: 2 } }),
+    JSON.stringify({ ...config, rope_scaling: { type: "yarn", factor: 2 } }),
   );
-  expectUserError(() => loadCheckpoint(dir), "rope_scaling");
+  expectUserError(() => loadCheckpoint(dir), "field rope_scaling.type", "yarn");
+  writeFileSync(
+    join(dir, "config.json"),
+    JSON.stringify({ ...config, rope_scaling: { rope_type: "llama3", factor: 8 } }),
+  );
+  expectUserError(() => loadCheckpoint(dir), "field rope_scaling.low_freq_factor");
+  writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, model_type: "gemma" }));
+  expectUserError(() => loadCheckpoint(dir), "field model_type", '"gemma"');
+  writeFileSync(
+    join(dir, "config.json"),
+    JSON.stringify({ ...config, model_type: "qwen2", use_sliding_window: true }),
+  );
+  expectUserError(() => loadCheckpoint(dir), "field use_sliding_window");
+  writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, quantization_config: { bits: 4 } }));
+  expectUserError(() => loadCheckpoint(dir), "field quantization_config");
   writeFileSync(join(dir, "config.json"), "{not json");
   expectUserError(() => loadCheckpoint(dir), "config.json", "invalid JSON");
   expectUserError(() => loadCheckpoint(join(root, "nowhere")), "no config.json");

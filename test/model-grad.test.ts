@@ -5,6 +5,8 @@ import { PlainKernels } from "../src/engine/kernels/plain.js";
 import {
   attentionBackward,
   attentionForward,
+  biasBackward,
+  biasForward,
   embeddingBackward,
   embeddingForward,
   linearBackward,
@@ -13,6 +15,7 @@ import {
   RopeTable,
   rmsnormBackward,
   rmsnormForward,
+  ropeHeadsInPlace,
   splitHeads,
   swigluBackward,
   swigluForward,
@@ -142,6 +145,87 @@ test("linear backward matches finite differences and accumulates dW", () => {
   for (let i = 0; i < dw.length; i++) assert.ok(Math.abs(dw[i] - 2 * before[i]) < 1e-5);
 });
 
+test("bias backward matches finite differences and accumulates (q/k/v, o and MLP biases)", () => {
+  const rng = new Rng(31);
+  const [N, outDim] = [4, 5];
+  const base = randn(rng, N * outDim);
+  const b = randn(rng, outDim);
+  const R = randn(rng, N * outDim);
+  const y = new Float32Array(N * outDim);
+  const loss = () => {
+    y.set(base);
+    biasForward(y, b, N, outDim);
+    return dot(y, R);
+  };
+  const db = new Float32Array(outDim).fill(0.25);
+  biasBackward(db, R, N, outDim);
+  for (let i = 0; i < outDim; i++) db[i] -= 0.25;
+  assert.ok(checkGrad("db", loss, b, db, allCoords(outDim), LAYER_TOL) < 1e-3);
+});
+
+const LLAMA3_SCALING = {
+  type: "llama3",
+  factor: 8,
+  lowFreqFactor: 1,
+  highFreqFactor: 4,
+  originalMaxPositions: 64,
+} as const;
+
+test("scaled RoPE tables: linear divides every frequency, llama3 keeps, blends and divides bands", () => {
+  const D = 8;
+  const theta = 1000;
+  const plain = new RopeTable(D, theta).invFreq;
+  const linear = new RopeTable(D, theta, { type: "linear", factor: 4 }).invFreq;
+  const llama3 = new RopeTable(D, theta, LLAMA3_SCALING).invFreq;
+  for (let i = 0; i < D / 2; i++) assert.ok(Math.abs(linear[i] - plain[i] / 4) < 1e-7 * plain[i]);
+  // wavelengths 2 pi / inv_freq are 6.3, 35, 199 and 1117 against bands at 64/4 and 64/1
+  const wavelengths = Array.from(plain, (f) => (2 * Math.PI) / f);
+  for (let i = 0; i < D / 2; i++) {
+    const w = wavelengths[i];
+    let expected: number;
+    if (w < 64 / 4) expected = plain[i];
+    else if (w > 64 / 1) expected = plain[i] / 8;
+    else {
+      const s = (64 / w - 1) / (4 - 1);
+      expected = ((1 - s) * plain[i]) / 8 + s * plain[i];
+    }
+    assert.ok(Math.abs(llama3[i] - expected) < 1e-6 * expected, `band ${i}: ${llama3[i]} vs ${expected}`);
+  }
+  // a band in the blended middle too: D = 16 puts wavelength ~ 36 between 16 and 64
+  const wide = new RopeTable(16, theta, LLAMA3_SCALING).invFreq;
+  const widePlain = new RopeTable(16, theta).invFreq;
+  const blended = Array.from(widePlain, (f, i) => wide[i] / f).filter((r) => r > 0.13 && r < 0.99);
+  assert.ok(blended.length > 0, "some frequency is blended between kept and divided");
+});
+
+for (const scaling of [{ type: "linear", factor: 4 } as const, LLAMA3_SCALING]) {
+  test(`${scaling.type}-scaled RoPE: the inverse rotation in place is the exact backward`, () => {
+    const rng = new Rng(32);
+    const [B, heads, T, D] = [2, 3, 7, 8];
+    const rope = new RopeTable(D, 1000, scaling);
+    rope.ensure(T);
+    const x = randn(rng, B * heads * T * D);
+    const R = randn(rng, B * heads * T * D);
+    const y = new Float32Array(x.length);
+    const loss = () => {
+      y.set(x);
+      ropeHeadsInPlace(y, B, heads, T, D, rope, 1);
+      return dot(y, R);
+    };
+    const dx = R.slice();
+    ropeHeadsInPlace(dx, B, heads, T, D, rope, -1);
+    assert.ok(checkGrad("dx", loss, x, dx, allCoords(x.length), LAYER_TOL) < 1e-3);
+    // the head-major in-place rotation is the split's rotation
+    const flat = randn(rng, B * T * heads * D);
+    const viaSplit = new Float32Array(flat.length);
+    splitHeads(viaSplit, flat, heads * D, 0, B, T, heads, D, rope);
+    const inPlace = new Float32Array(flat.length);
+    splitHeads(inPlace, flat, heads * D, 0, B, T, heads, D, null);
+    ropeHeadsInPlace(inPlace, B, heads, T, D, rope, 1);
+    assert.deepEqual(inPlace, viaSplit);
+  });
+}
+
 test("RoPE head split: mergeHeads with the inverse rotation is its exact backward", () => {
   const rng = new Rng(3);
   const [B, T, heads, D, stride, col] = [2, 5, 3, 6, 23, 4];
@@ -192,6 +276,37 @@ test("causal GQA attention backward matches finite differences, with padded rows
   const dk = new Float32Array(k.length).fill(9); // overwritten, not accumulated
   const dv = new Float32Array(v.length).fill(9);
   const dscores = new Float32Array(T * T);
+  attentionBackward(kernels, dq, dk, dv, dscores, R, q, k, v, probs, B, T, H, KVH, D, lengths);
+  assert.ok(checkGrad("dq", loss, q, dq, allCoords(q.length), LAYER_TOL) < 1e-3);
+  assert.ok(checkGrad("dk", loss, k, dk, allCoords(k.length), LAYER_TOL) < 1e-3);
+  assert.ok(checkGrad("dv", loss, v, dv, allCoords(v.length), LAYER_TOL) < 1e-3);
+});
+
+test("sliding-window attention: keys older than the window get zero weight; backward matches", () => {
+  const rng = new Rng(33);
+  const [B, T, H, KVH, D, W] = [2, 6, 2, 1, 4, 3];
+  const lengths = Int32Array.from([6, 4]);
+  const q = randn(rng, B * H * T * D);
+  const k = randn(rng, B * KVH * T * D);
+  const v = randn(rng, B * KVH * T * D);
+  const R = randn(rng, B * H * T * D);
+  const out = new Float32Array(B * H * T * D);
+  const probs = new Float32Array(B * H * T * T);
+  const loss = () => {
+    attentionForward(kernels, out, probs, q, k, v, B, T, H, KVH, D, lengths, W);
+    return dot(out, R);
+  };
+  loss();
+  // row 0, head 0 is a dense [6, 6] block: query i sees keys i - 2 .. i
+  for (let i = 0; i < T; i++)
+    for (let j = 0; j < T; j++) {
+      const visible = j <= i && j > i - W;
+      assert.equal(probs[i * T + j] > 0, visible, `probs[${i}, ${j}]`);
+    }
+  const dq = new Float32Array(q.length);
+  const dk = new Float32Array(k.length);
+  const dv = new Float32Array(v.length);
+  const dscores = new Float32Array(B * H * T * T);
   attentionBackward(kernels, dq, dk, dv, dscores, R, q, k, v, probs, B, T, H, KVH, D, lengths);
   assert.ok(checkGrad("dq", loss, q, dq, allCoords(q.length), LAYER_TOL) < 1e-3);
   assert.ok(checkGrad("dk", loss, k, dk, allCoords(k.length), LAYER_TOL) < 1e-3);
@@ -350,6 +465,77 @@ test("reward model (score head, GQA): backwardScores matches finite differences"
   assert.equal(model.specs.at(-1)?.name, "score.weight");
   const batch = paddedBatch(rng, 11);
   const dScores = [1.1, -0.4, 0.9];
+  const loss = () => dot(model.forwardScores(batch), dScores);
+  model.zeroGrad();
+  loss();
+  model.backwardScores(dScores);
+  checkAllTensors(model, loss, rng);
+});
+
+/** Each family's new pieces, in a tiny config: every tensor (biases, q/k norms too) is checked. */
+const FAMILY_CONFIGS: { name: string; overrides: Record<string, unknown>; expect: string[] }[] = [
+  {
+    name: "llama: attention and MLP biases, llama3 RoPE, head_dim 6",
+    overrides: {
+      head_dim: 6,
+      attention_bias: true,
+      mlp_bias: true,
+      rope_scaling: {
+        rope_type: "llama3",
+        factor: 8,
+        low_freq_factor: 1,
+        high_freq_factor: 4,
+        original_max_position_embeddings: 16,
+      },
+    },
+    expect: ["self_attn.q_proj.bias", "self_attn.o_proj.bias", "mlp.gate_proj.bias", "mlp.down_proj.bias"],
+  },
+  {
+    name: "llama: linear RoPE scaling",
+    overrides: { rope_scaling: { type: "linear", factor: 3 } },
+    expect: [],
+  },
+  {
+    name: "qwen2: q/k/v biases, tied",
+    overrides: { model_type: "qwen2", tie_word_embeddings: true },
+    expect: ["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"],
+  },
+  {
+    name: "mistral: sliding window 3",
+    overrides: { model_type: "mistral", sliding_window: 3 },
+    expect: [],
+  },
+  {
+    name: "qwen3: per-head q/k norms, head_dim 6",
+    overrides: { model_type: "qwen3", head_dim: 6 },
+    expect: ["self_attn.q_norm.weight", "self_attn.k_norm.weight"],
+  },
+];
+
+for (const [i, family] of FAMILY_CONFIGS.entries()) {
+  test(`whole model (${family.name}): backward matches finite differences`, () => {
+    const rng = new Rng(40 + i);
+    const model = randomModel(tinyConfig(family.overrides), 10 + i);
+    for (const name of family.expect)
+      assert.ok(
+        model.specs.some((s) => s.name === `model.layers.0.${name}`),
+        `has ${name}`,
+      );
+    const batch = paddedBatch(rng, 11);
+    const c = randn(rng, batch.batch * batch.seqLen);
+    const loss = () => dot(model.forward(batch).tokenLogprobs, c);
+    model.zeroGrad();
+    loss();
+    model.backward(c);
+    checkAllTensors(model, loss, rng);
+  });
+}
+
+test("reward model of a qwen3 checkpoint: backwardScores matches finite differences", () => {
+  const rng = new Rng(49);
+  const model = randomModel(tinyConfig({ model_type: "qwen3", head_dim: 4, attention_bias: true }), 9, true);
+  const batch = paddedBatch(rng, 11);
+  const dScores = [0.6, -1.2, 0.8];
   const loss = () => dot(model.forwardScores(batch), dScores);
   model.zeroGrad();
   loss();

@@ -87,6 +87,54 @@ test("KV-cache logits equal full recomputation at every step (ragged prompts, GQ
   assert.throws(() => cache.decodeStep(Int32Array.from([0]), Int32Array.from([0])), /stale/);
 });
 
+for (const [name, overrides] of [
+  [
+    "llama with biases and llama3 RoPE",
+    {
+      attention_bias: true,
+      mlp_bias: true,
+      rope_scaling: {
+        rope_type: "llama3",
+        factor: 8,
+        low_freq_factor: 1,
+        high_freq_factor: 4,
+        original_max_position_embeddings: 32,
+      },
+    },
+  ],
+  ["qwen2", { model_type: "qwen2" }],
+  ["mistral with a sliding window of 4", { model_type: "mistral", sliding_window: 4 }],
+  ["qwen3", { model_type: "qwen3", head_dim: 8 }],
+] as const) {
+  test(`KV-cache logits equal full recomputation for ${name}`, () => {
+    const model = randomModel(tinyConfig(overrides), 5);
+    // biases and norm weights away from their init, so a missed one shows
+    const rng = new Rng(6);
+    for (const spec of model.specs)
+      if (spec.shape.length === 1) {
+        const w = model.tensor(spec.name);
+        for (let i = 0; i < w.length; i++) w[i] += 0.3 * rng.normal();
+      }
+    const V = 37;
+    const prompts = [randomPrompt(rng, 7, V), randomPrompt(rng, 1, V), randomPrompt(rng, 3, V)];
+    const seqs = prompts.map((p) => p.slice());
+    const cache = createKvCache(model, prompts.length, 16);
+    let logits = cache.prefill(prompts).slice();
+    let worst = 0;
+    for (let step = 0; step < 5; step++) {
+      seqs.forEach((seq, row) => {
+        const full = model.forwardLogits(single(seq));
+        const last = full.subarray((seq.length - 1) * V, seq.length * V);
+        worst = Math.max(worst, maxAbsDiff(logits.subarray(row * V, (row + 1) * V), last));
+      });
+      const tokens = seqs.map((_, slot) => (slot * 5 + step * 3 + 1) % V);
+      for (const [slot, t] of tokens.entries()) seqs[slot].push(t);
+      logits = cache.decodeStep(Int32Array.from([0, 1, 2]), Int32Array.from(tokens)).slice();
+    }
+    assert.ok(worst < 2e-5, `max |cached - recomputed| logit = ${worst}`);
+  });
+}
+
 test("sampled log-probs are the model's log-probs of the generated sequence", () => {
   const model = randomModel(tinyConfig({ tie_word_embeddings: true }), 3);
   const rng = new Rng(4);

@@ -2,17 +2,12 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { tokenizerConfigJson } from "../engine/chat.js";
-import {
-  CHECKPOINT_FILES,
-  loadCheckpoint,
-  rejectUnsupportedConfig,
-  saveCheckpoint,
-} from "../engine/checkpoint.js";
-import { LlamaConfigSchema } from "../engine/config.js";
+import { CHECKPOINT_FILES, loadCheckpoint, saveCheckpoint } from "../engine/checkpoint.js";
+import { architectureName, LlamaConfigSchema } from "../engine/config.js";
 import { DEFAULT_INIT_STD, initLlamaTensors } from "../engine/init.js";
 import { numel } from "../engine/params.js";
 import { BpeTokenizer } from "../engine/tokenizer.js";
-import { countNonFinite } from "../engine/validate.js";
+import { checkConfigLimits, countNonFinite } from "../engine/validate.js";
 import { UserError } from "../util/errors.js";
 import { readJsonFile } from "../util/fsio.js";
 import { parseIntFlag, parseNumberFlag, printJson } from "./common.js";
@@ -35,7 +30,7 @@ function initModel(opts: InitOptions): void {
   const seed = parseIntFlag("--seed", opts.seed, 0);
   const std = parseNumberFlag("--std", opts.std, 0);
   const config = readJsonFile(opts.config, LlamaConfigSchema);
-  rejectUnsupportedConfig(opts.config, config);
+  checkConfigLimits(opts.config, config);
   if (existsSync(join(opts.out, CHECKPOINT_FILES.config)) && opts.force !== true)
     throw new UserError(`--out ${opts.out}: already holds a checkpoint; pass --force to overwrite it`);
   const tokenizer = opts.tokenizer ? BpeTokenizer.fromFile(opts.tokenizer) : BpeTokenizer.byteLevel();
@@ -66,7 +61,7 @@ function initModel(opts: InitOptions): void {
   for (const t of tensors) parameters += numel(t.shape);
   printJson({
     out: opts.out,
-    architecture: scoreHead ? "LlamaForSequenceClassification" : "LlamaForCausalLM",
+    architecture: architectureName(config.model_type, scoreHead),
     parameters,
     vocab_size: config.vocab_size,
     tokenizer_vocab: tokenizer.vocabSize,
@@ -88,7 +83,8 @@ function modelInfo(opts: { model: string; allowNonfinite?: boolean }): void {
   printJson(
     {
       model: opts.model,
-      architecture: ckpt.scoreHead ? "LlamaForSequenceClassification" : "LlamaForCausalLM",
+      architecture: architectureName(c.model_type, ckpt.scoreHead),
+      model_type: c.model_type,
       parameters,
       vocab_size: c.vocab_size,
       hidden_size: c.hidden_size,

@@ -1,8 +1,8 @@
 /**
- * Checkpoint directories in the Hugging Face Llama layout (ARCHITECTURE.md): config.json,
+ * Checkpoint directories in the Hugging Face layout (docs/architecture.md): config.json,
  * model.safetensors, tokenizer.json and tokenizer_config.json, so transformers, llama.cpp converters
- * and vLLM load what we save, and we load small Llama models they publish (F32, BF16 or F16, one file
- * or sharded with model.safetensors.index.json). Training state lives beside them in
+ * and vLLM load what we save, and we load small Llama, Qwen2, Mistral and Qwen3 models they publish
+ * (F32, BF16 or F16, one file or sharded with model.safetensors.index.json). Training state lives beside them in
  * trainer_state.json + optimizer.safetensors, which inference tools ignore.
  */
 import { existsSync, readFileSync } from "node:fs";
@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { z } from "zod";
 import { UserError } from "../util/errors.js";
 import { readJsonFile, writeFileAtomic, writeJsonAtomic } from "../util/fsio.js";
-import { type LlamaConfig, LlamaConfigSchema } from "./config.js";
+import { architectureName, isScoreArchitecture, type LlamaConfig, LlamaConfigSchema } from "./config.js";
 import type { AdamWState } from "./optim.js";
 import { llamaParamSpecs, type NamedTensor, numel } from "./params.js";
 import { parseSafetensors, writeSafetensors } from "./safetensors.js";
@@ -47,16 +47,17 @@ export interface LoadedCheckpoint {
 
 /**
  * Writes a checkpoint directory, each file atomically. The tensors must be exactly those of
- * llamaParamSpecs for the config (a reward model when score.weight is among them); architectures and
- * torch_dtype in config.json are set to match what is written.
+ * llamaParamSpecs for the config (a reward model when score.weight is among them); architectures
+ * (the family's causal LM or sequence classifier), model_type and torch_dtype in config.json are set to
+ * match what is written.
  */
 export function saveCheckpoint(dir: string, contents: CheckpointContents): void {
   const scoreHead = contents.tensors.some((t) => t.name === "score.weight");
   checkTensorsMatchSpecs(contents.config, contents.tensors, scoreHead);
   const config: Record<string, unknown> = {
     ...contents.config,
-    architectures: [scoreHead ? "LlamaForSequenceClassification" : "LlamaForCausalLM"],
-    model_type: "llama",
+    architectures: [architectureName(contents.config.model_type, scoreHead)],
+    model_type: contents.config.model_type,
     torch_dtype: "float32",
     // Spelled out (HF would default it to num_attention_heads) so every reader sees the attention layout.
     num_key_value_heads: contents.config.num_key_value_heads ?? contents.config.num_attention_heads,
@@ -117,12 +118,11 @@ export function loadCheckpoint(
   if (!existsSync(configPath))
     throw new UserError(`${dir}: not a checkpoint directory (no ${CHECKPOINT_FILES.config})`);
   const config = readJsonFile(configPath, LlamaConfigSchema);
-  rejectUnsupportedConfig(configPath, config);
+  checkConfigLimits(configPath, config);
 
   const { tensors: raw, sourceOf } = readWeights(dir);
   const scoreHead =
-    options.scoreHead ??
-    (config.architectures.includes("LlamaForSequenceClassification") || raw.has("score.weight"));
+    options.scoreHead ?? ((config.architectures ?? []).some(isScoreArchitecture) || raw.has("score.weight"));
   const specs = llamaParamSpecs(config, { scoreHead });
   const tensors = new Map<string, NamedTensor>();
   for (const spec of specs) {
@@ -149,7 +149,7 @@ export function loadCheckpoint(
       );
     }
     throw new UserError(
-      `${sourceOf(name)}: unexpected tensor ${name} (shape [${t.shape.join(", ")}]) not in a Llama model with this config${
+      `${sourceOf(name)}: unexpected tensor ${name} (shape [${t.shape.join(", ")}]) not in a ${config.model_type} model with this config${
         name === "score.weight" ? " (a reward model loaded as a causal LM?)" : ""
       }`,
     );
@@ -162,18 +162,6 @@ export function loadCheckpoint(
   const tokenizerConfigJson = readOptionalJson(join(dir, CHECKPOINT_FILES.tokenizerConfig));
   if (tokenizerConfigJson !== undefined) result.tokenizerConfigJson = tokenizerConfigJson;
   return result;
-}
-
-/** Rejects config fields that would change the model's meaning if the engine silently ignored them. */
-export function rejectUnsupportedConfig(configPath: string, config: LlamaConfig): void {
-  checkConfigLimits(configPath, config);
-  const extra = config as Record<string, unknown>;
-  if (extra.rope_scaling !== undefined && extra.rope_scaling !== null)
-    throw new UserError(
-      `${configPath}: field rope_scaling: not supported (plain RoPE only), got ${JSON.stringify(extra.rope_scaling)}`,
-    );
-  if (config.model_type !== "llama")
-    throw new UserError(`${configPath}: field model_type: expected "llama", got "${config.model_type}"`);
 }
 
 interface RawWeights {

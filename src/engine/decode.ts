@@ -10,6 +10,8 @@
  */
 import { KernelArena } from "./arena.js";
 import {
+  biasForward,
+  firstVisibleKey,
   linearForward,
   rmsnormForward,
   ropeRowInPlace,
@@ -27,6 +29,7 @@ interface DecodeWorkspace {
   x: Float32Array; // [R, C] residual stream
   xn: Float32Array; // [R, C] normed
   rstd: Float32Array; // [R]
+  headRstd: Float32Array; // [H] per-head rstd of the q/k norms (discarded)
   qkv: Float32Array; // [R, qkvDim]
   attn: Float32Array; // [R, qDim]
   gu: Float32Array; // [R, 2I]
@@ -85,6 +88,7 @@ export function createKvCache(model: LlamaModel, slots: number, maxLen: number):
       x: take(R * C),
       xn: take(R * C),
       rstd: take(R),
+      headRstd: take(d.heads),
       qkv: take(R * qkvDim),
       attn: take(R * qDim),
       gu: take(R * 2 * I),
@@ -232,10 +236,18 @@ function extendChunk(
     const values = cache.values[l];
     rmsnormForward(w.xn, w.rstd, w.x, lw.ln1, M, C, eps);
     linearForward(k, w.qkv, w.xn, lw.qkv, M, C, qkvDim);
+    if (lw.qkvBias !== null) biasForward(w.qkv, lw.qkvBias, M, qkvDim);
     for (let i = 0; i < M; i++) {
       const pos = positions[start + i];
       const slot = rowSlot[start + i];
       const row = i * qkvDim;
+      if (lw.qNorm !== null && lw.kNorm !== null) {
+        // Qwen3: per-head RMSNorm of q and k (in place: each head is D contiguous floats) before RoPE
+        const q = w.qkv.subarray(row, row + qDim);
+        const kk = w.qkv.subarray(row + qDim, row + qDim + kvDim);
+        rmsnormForward(q, w.headRstd, q, lw.qNorm, H, D, eps);
+        rmsnormForward(kk, w.headRstd, kk, lw.kNorm, KVH, D, eps);
+      }
       ropeRowInPlace(w.qkv, row, H, D, model.rope, pos);
       ropeRowInPlace(w.qkv, row + qDim, KVH, D, model.rope, pos);
       for (let kh = 0; kh < KVH; kh++) {
@@ -246,10 +258,13 @@ function extendChunk(
     }
     cachedAttention(model, cache, w, l, rowSlot, positions, start, M);
     linearForward(k, w.x, w.attn, lw.o, M, qDim, C, true);
+    if (lw.oBias !== null) biasForward(w.x, lw.oBias, M, C);
     rmsnormForward(w.xn, w.rstd, w.x, lw.ln2, M, C, eps);
     linearForward(k, w.gu, w.xn, lw.gu, M, C, 2 * I);
+    if (lw.guBias !== null) biasForward(w.gu, lw.guBias, M, 2 * I);
     swigluForward(w.h, w.sig, w.gu, M, I, k);
     linearForward(k, w.x, w.h, lw.down, M, I, C, true);
+    if (lw.downBias !== null) biasForward(w.x, lw.downBias, M, C);
   }
   let m = 0;
   for (let i = 0; i < M; i++) {
@@ -265,7 +280,7 @@ function extendChunk(
 
 // w.qkv rows of the chunk (RoPE applied, K/V already in the cache) -> w.attn [M, qDim]. Consecutive
 // rows of one slot form a block; per kv head, its rep query heads of all block rows are one matmul
-// against the slot's cached keys, masked causally by position.
+// against the slot's cached keys, masked causally by position (and by the sliding window, if any).
 function cachedAttention(
   model: LlamaModel,
   cache: KvCache,
@@ -277,7 +292,7 @@ function cachedAttention(
   M: number,
 ): void {
   const k = model.kernels;
-  const { heads: H, kvHeads: KVH, headDim: D } = model.dims;
+  const { heads: H, kvHeads: KVH, headDim: D, slidingWindow } = model.dims;
   const rep = H / KVH;
   const qDim = H * D;
   const qkvDim = qDim + 2 * KVH * D;
@@ -308,8 +323,9 @@ function cachedAttention(
       const s = w.scores;
       k.sgemm(false, true, rowsQ, keyLen, D, scale, q, keys.subarray(kvOff), 0, s);
       for (let i = 0; i < n; i++) {
+        const from = firstVisibleKey(p0 + i, slidingWindow);
         const visible = p0 + i + 1;
-        for (let r = 0; r < rep; r++) softmaxSpanInPlace(s, (i * rep + r) * keyLen, 0, visible, keyLen);
+        for (let r = 0; r < rep; r++) softmaxSpanInPlace(s, (i * rep + r) * keyLen, from, visible, keyLen);
       }
       k.sgemm(false, false, rowsQ, D, keyLen, 1, s, values.subarray(kvOff), 0, o);
       if (n > 1)

@@ -6,6 +6,8 @@
  * Matrix products go through `Kernels.sgemm`, so every buffer given to them must come from that
  * backend's `alloc()` (or be a subarray of such a buffer).
  */
+
+import type { RopeScaling } from "./config.js";
 import { elementwiseKernels, type GemmBatchItem, sgemmBatch } from "./kernels/index.js";
 import type { Kernels } from "./kernels/types.js";
 
@@ -30,23 +32,33 @@ export function fastExp(x: number): number {
 }
 
 /**
- * Rotary position embedding tables, computed the way Hugging Face's default Llama rotary embedding
- * does in fp32 (inv_freq = 1 / theta^(2i/D), angle = position * inv_freq), so positions agree with
- * transformers to the last bit of the angle. cos and sin are [positions, D/2].
+ * Rotary position embedding tables, computed the way Hugging Face's Llama rotary embedding does in
+ * fp32 (inv_freq = 1 / theta^(2i/D), angle = position * inv_freq), so positions agree with
+ * transformers to the last bit of the angle. cos and sin are [positions, D/2]. RoPE scaling changes
+ * only inv_freq (transformers' modeling_rope_utils):
+ * - linear: inv_freq / factor;
+ * - llama3 (Llama 3.1 / 3.2): with wavelength w = 2 pi / inv_freq and L = original_max_position_embeddings,
+ *   w < L / high_freq_factor keeps inv_freq, w > L / low_freq_factor divides it by factor, and in between
+ *   s = (L / w - low_freq_factor) / (high_freq_factor - low_freq_factor) blends the two:
+ *   (1 - s) * inv_freq / factor + s * inv_freq.
+ * Both leave the attention scale at 1.
  */
 export class RopeTable {
   readonly half: number;
   cos: Float32Array = new Float32Array(0);
   sin: Float32Array = new Float32Array(0);
-  private readonly invFreq: Float32Array;
+  /** The per-pair inverse frequencies after scaling, [D/2]. */
+  readonly invFreq: Float32Array;
 
-  /** Tables for one head size and base; they grow on demand with `ensure`. */
-  constructor(headDim: number, theta: number) {
+  /** Tables for one head size, base and scaling; they grow on demand with `ensure`. */
+  constructor(headDim: number, theta: number, scaling: RopeScaling = { type: "none" }) {
     this.half = headDim / 2;
     this.invFreq = new Float32Array(this.half);
+    const f = Math.fround;
     for (let i = 0; i < this.half; i++) {
-      const exponent = Math.fround((2 * i) / headDim);
-      this.invFreq[i] = Math.fround(1 / Math.fround(theta ** exponent));
+      const exponent = f((2 * i) / headDim);
+      const plain = f(1 / f(theta ** exponent));
+      this.invFreq[i] = scaledInvFreq(plain, scaling);
     }
   }
 
@@ -71,6 +83,19 @@ export class RopeTable {
     this.cos = cos;
     this.sin = sin;
   }
+}
+
+// One inverse frequency after RoPE scaling, each step rounded to fp32 as torch computes it.
+function scaledInvFreq(invFreq: number, scaling: RopeScaling): number {
+  const f = Math.fround;
+  if (scaling.type === "none") return invFreq;
+  if (scaling.type === "linear") return f(invFreq / scaling.factor);
+  const { factor, lowFreqFactor, highFreqFactor, originalMaxPositions } = scaling;
+  const wavelength = f((2 * Math.PI) / invFreq);
+  if (wavelength < originalMaxPositions / highFreqFactor) return invFreq;
+  if (wavelength > originalMaxPositions / lowFreqFactor) return f(invFreq / factor);
+  const smooth = f((f(originalMaxPositions / wavelength) - lowFreqFactor) / (highFreqFactor - lowFreqFactor));
+  return f(f(f(f(1 - smooth) * invFreq) / factor) + f(smooth * invFreq));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -209,6 +234,24 @@ export function linearBackward(
   kernels.sgemm(true, false, outDim, inDim, N, 1, dy, x, 1, dw);
 }
 
+// y [N, out] += b [out] on every row (the bias of a linear layer, added after its matmul)
+/** Adds a bias vector to every row. */
+export function biasForward(y: Float32Array, b: Float32Array, N: number, outDim: number): void {
+  for (let n = 0; n < N; n++) {
+    const off = n * outDim;
+    for (let j = 0; j < outDim; j++) y[off + j] += b[j];
+  }
+}
+
+// dy [N, out] -> db [out] (accumulated): db_j += sum_n dy[n, j]
+/** Backward of biasForward. */
+export function biasBackward(db: Float32Array, dy: Float32Array, N: number, outDim: number): void {
+  for (let n = 0; n < N; n++) {
+    const off = n * outDim;
+    for (let j = 0; j < outDim; j++) db[j] += dy[off + j];
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Head split/merge with rotate-half RoPE
 // ---------------------------------------------------------------------------------------------
@@ -298,6 +341,25 @@ export function mergeHeads(
   }
 }
 
+// x [B, heads, T, D] -> rotated in place at each vector's position t (sign -1: the inverse, i.e. the
+// backward). Used when something must happen between the head split and RoPE (Qwen3's q/k norms).
+/** Applies RoPE (or its inverse) to head-major vectors in place. */
+export function ropeHeadsInPlace(
+  x: Float32Array,
+  B: number,
+  heads: number,
+  T: number,
+  D: number,
+  rope: RopeTable,
+  sign: 1 | -1,
+): void {
+  for (let bh = 0; bh < B * heads; bh++)
+    for (let t = 0; t < T; t++) {
+      const off = (bh * T + t) * D;
+      ropeRotate(x, off, x, off, rope, t, sign);
+    }
+}
+
 // x [heads*D] at offset `off`, one token at position `pos` -> rotated in place (decode path).
 /** Applies RoPE to the heads of a single token row in place. */
 export function ropeRowInPlace(
@@ -318,7 +380,9 @@ export function ropeRowInPlace(
 // q [B, H, T, D], k, v [B, KVH, T, D] (RoPE already applied) -> out [B, H, T, D], probs [B, H, T*T].
 // Query head h reads kv head floor(h / (H/KVH)) (HF repeat_kv). Row b attends only within its first
 // len = lengths[b] positions; probs of (b, h) is a dense [len, len] block at offset (b*H + h)*T*T with
-// zeros above the diagonal; out rows t >= len are zero. The (b, h) products of a layer are small
+// zeros above the diagonal; out rows t >= len are zero. With a sliding window W > 0, query i sees keys
+// i - W < j <= i (transformers' sliding_window_overlay); the masked probabilities are zero, so
+// attentionBackward needs no window of its own. The (b, h) products of a layer are small
 // (len x len x D), so each of the two products runs as one batch the kernel threads share.
 /** softmax(q k^T / sqrt(D) + causal mask) v, per batch row and head. */
 export function attentionForward(
@@ -334,6 +398,7 @@ export function attentionForward(
   KVH: number,
   D: number,
   lengths: Int32Array,
+  window = 0,
 ): void {
   const rep = H / KVH;
   const scale = 1 / Math.sqrt(D);
@@ -353,13 +418,18 @@ export function attentionForward(
     }
   }
   sgemmBatch(kernels, false, true, scale, 0, scores);
-  for (const item of scores) causalSoftmaxInPlace(item.C, item.M);
+  for (const item of scores) causalSoftmaxInPlace(item.C, item.M, window);
   sgemmBatch(kernels, false, false, 1, 0, weighted);
 }
 
-/** Row-wise softmax of a [len, len] score block over j <= i, zeroing j > i. */
-function causalSoftmaxInPlace(p: Float32Array, len: number): void {
-  for (let i = 0; i < len; i++) softmaxSpanInPlace(p, i * len, 0, i + 1, len);
+/** Row-wise softmax of a [len, len] score block over the visible keys of each row, zeroing the rest. */
+function causalSoftmaxInPlace(p: Float32Array, len: number, window: number): void {
+  for (let i = 0; i < len; i++) softmaxSpanInPlace(p, i * len, firstVisibleKey(i, window), i + 1, len);
+}
+
+/** The first key position query position i attends to: 0, or i - W + 1 under a sliding window W. */
+export function firstVisibleKey(i: number, window: number): number {
+  return window > 0 && i >= window ? i - window + 1 : 0;
 }
 
 // x[row + j] for j in [from, to) -> softmax over that span (max-subtracted, so any finite scores work);

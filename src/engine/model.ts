@@ -17,6 +17,8 @@ import type { Kernels } from "./kernels/types.js";
 import {
   attentionBackward,
   attentionForward,
+  biasBackward,
+  biasForward,
   embeddingBackward,
   embeddingForward,
   linearBackward,
@@ -25,6 +27,7 @@ import {
   RopeTable,
   rmsnormBackward,
   rmsnormForward,
+  ropeHeadsInPlace,
   splitHeads,
   swigluBackward,
   swigluForward,
@@ -32,7 +35,7 @@ import {
   tokenLogprobsBackward,
   tokenLogprobsForward,
 } from "./layers.js";
-import { llamaParamSpecs, type NamedTensor, numel, type ParamSpec } from "./params.js";
+import { isBias, llamaParamSpecs, type NamedTensor, numel, type ParamSpec } from "./params.js";
 
 /**
  * A right-padded batch of token sequences. ids is row-major [batch, seqLen]; row b holds real tokens
@@ -69,14 +72,23 @@ export interface LoadTensorsOptions {
   allowMissing?: readonly string[];
 }
 
-/** Views into one layer's weights (or gradients); qkv and gu are the fused adjacent projections. */
+/**
+ * Views into one layer's weights (or gradients); qkv and gu are the fused adjacent projections (and
+ * qkvBias, guBias their fused biases). Tensors the family does not have are null.
+ */
 export interface LayerWeights {
   ln1: Float32Array; // [C]
   qkv: Float32Array; // [qDim + 2*kvDim, C]
+  qkvBias: Float32Array | null; // [qDim + 2*kvDim]
   o: Float32Array; // [C, qDim]
+  oBias: Float32Array | null; // [C]
+  qNorm: Float32Array | null; // [D]
+  kNorm: Float32Array | null; // [D]
   ln2: Float32Array; // [C]
   gu: Float32Array; // [2I, C]
+  guBias: Float32Array | null; // [2I]
   down: Float32Array; // [C, I]
+  downBias: Float32Array | null; // [C]
 }
 
 /** What one layer keeps from forward for backward. */
@@ -85,6 +97,10 @@ interface LayerActivations {
   rstd1: Float32Array; // [N]
   q: Float32Array; // [B, H, T, D] after RoPE
   k: Float32Array; // [B, KVH, T, D] after RoPE
+  qRaw: Float32Array; // [B, H, T, D] before the q norm (empty without q/k norms)
+  kRaw: Float32Array; // [B, KVH, T, D] before the k norm (empty without q/k norms)
+  qRstd: Float32Array; // [B*H*T] (empty without q/k norms)
+  kRstd: Float32Array; // [B*KVH*T] (empty without q/k norms)
   v: Float32Array; // [B, KVH, T, D]
   probs: Float32Array; // [B, H, T*T]
   attn: Float32Array; // [N, qDim] attention output before o_proj
@@ -177,7 +193,7 @@ export class LlamaModel {
     this.qDim = d.heads * d.headDim;
     this.kvDim = d.kvHeads * d.headDim;
     this.qkvDim = this.qDim + 2 * this.kvDim;
-    this.rope = new RopeTable(d.headDim, d.ropeTheta);
+    this.rope = new RopeTable(d.headDim, d.ropeTheta, d.ropeScaling);
     this.weights = [];
     this.gradWeights = [];
     for (let l = 0; l < d.layers; l++) {
@@ -190,21 +206,37 @@ export class LlamaModel {
   private layerViews(buffer: Float32Array, l: number): LayerWeights {
     const p = `model.layers.${l}`;
     const d = this.dims;
-    const q = this.offsetOf(`${p}.self_attn.q_proj.weight`);
-    const gate = this.offsetOf(`${p}.mlp.gate_proj.weight`);
-    if (
-      this.offsetOf(`${p}.self_attn.v_proj.weight`) !== q + (this.qDim + this.kvDim) * d.hidden ||
-      this.offsetOf(`${p}.mlp.up_proj.weight`) !== gate + d.intermediate * d.hidden
-    )
-      throw new Error("llamaParamSpecs order changed: q/k/v and gate/up must stay adjacent");
-    const view = (off: number, n: number): Float32Array => buffer.subarray(off, off + n);
+    const I = d.intermediate;
+    // A fused view starting at `first` whose last part must be `last`, `lastSize` floats long.
+    const fused = (first: string, last: string, total: number, lastSize: number): Float32Array => {
+      const start = this.offsetOf(first);
+      if (this.offsetOf(last) !== start + total - lastSize)
+        throw new Error(`llamaParamSpecs order changed: ${first} .. ${last} must stay adjacent`);
+      return buffer.subarray(start, start + total);
+    };
+    const optional = (name: string): Float32Array | null =>
+      this.index.has(name) ? this.view(buffer, name) : null;
+    const attn = `${p}.self_attn`;
     return {
       ln1: this.view(buffer, `${p}.input_layernorm.weight`),
-      qkv: view(q, this.qkvDim * d.hidden),
-      o: this.view(buffer, `${p}.self_attn.o_proj.weight`),
+      qkv: fused(
+        `${attn}.q_proj.weight`,
+        `${attn}.v_proj.weight`,
+        this.qkvDim * d.hidden,
+        this.kvDim * d.hidden,
+      ),
+      qkvBias: d.qkvBias
+        ? fused(`${attn}.q_proj.bias`, `${attn}.v_proj.bias`, this.qkvDim, this.kvDim)
+        : null,
+      o: this.view(buffer, `${attn}.o_proj.weight`),
+      oBias: optional(`${attn}.o_proj.bias`),
+      qNorm: optional(`${attn}.q_norm.weight`),
+      kNorm: optional(`${attn}.k_norm.weight`),
       ln2: this.view(buffer, `${p}.post_attention_layernorm.weight`),
-      gu: view(gate, 2 * d.intermediate * d.hidden),
+      gu: fused(`${p}.mlp.gate_proj.weight`, `${p}.mlp.up_proj.weight`, 2 * I * d.hidden, I * d.hidden),
+      guBias: d.mlpBias ? fused(`${p}.mlp.gate_proj.bias`, `${p}.mlp.up_proj.bias`, 2 * I, I) : null,
       down: this.view(buffer, `${p}.mlp.down_proj.weight`),
+      downBias: optional(`${p}.mlp.down_proj.bias`),
     };
   }
 
@@ -285,11 +317,12 @@ export class LlamaModel {
     return this.specs.map((s) => ({ name: s.name, shape: s.shape.slice(), data: this.tensor(s.name) }));
   }
 
-  /** HF-style init: matrices ~ normal(0, std), norm weights 1. */
+  /** HF-style init: matrices ~ normal(0, std), biases 0, norm weights 1. */
   initRandom(rng: Rng, std = 0.02): void {
     for (const spec of this.specs) {
       const data = this.tensor(spec.name);
-      if (spec.shape.length === 1) data.fill(1);
+      if (isBias(spec.name)) data.fill(0);
+      else if (spec.shape.length === 1) data.fill(1);
       else for (let i = 0; i < data.length; i++) data[i] = rng.normal() * std;
     }
   }
@@ -322,6 +355,10 @@ export class LlamaModel {
         rstd1: take(N),
         q: take(N * this.qDim),
         k: take(N * this.kvDim),
+        qRaw: take(d.qkNorm ? N * this.qDim : 0),
+        kRaw: take(d.qkNorm ? N * this.kvDim : 0),
+        qRstd: take(d.qkNorm ? N * d.heads : 0),
+        kRstd: take(d.qkNorm ? N * d.kvHeads : 0),
         v: take(N * this.kvDim),
         probs: take(P),
         attn: take(N * this.qDim),
@@ -391,18 +428,32 @@ export class LlamaModel {
       const out = a.resid[l + 1];
       rmsnormForward(s.ln1, s.rstd1, x, w.ln1, N, C, eps);
       linearForward(k, a.qkvFlat, s.ln1, w.qkv, N, C, this.qkvDim);
-      splitHeads(s.q, a.qkvFlat, this.qkvDim, 0, B, T, H, D, this.rope);
-      splitHeads(s.k, a.qkvFlat, this.qkvDim, qDim, B, T, KVH, D, this.rope);
+      if (w.qkvBias !== null) biasForward(a.qkvFlat, w.qkvBias, N, this.qkvDim);
+      if (w.qNorm !== null && w.kNorm !== null) {
+        // Qwen3: q and k are RMS-normalised per head, then rotated
+        splitHeads(s.qRaw, a.qkvFlat, this.qkvDim, 0, B, T, H, D, null);
+        rmsnormForward(s.q, s.qRstd, s.qRaw, w.qNorm, B * H * T, D, eps);
+        ropeHeadsInPlace(s.q, B, H, T, D, this.rope, 1);
+        splitHeads(s.kRaw, a.qkvFlat, this.qkvDim, qDim, B, T, KVH, D, null);
+        rmsnormForward(s.k, s.kRstd, s.kRaw, w.kNorm, B * KVH * T, D, eps);
+        ropeHeadsInPlace(s.k, B, KVH, T, D, this.rope, 1);
+      } else {
+        splitHeads(s.q, a.qkvFlat, this.qkvDim, 0, B, T, H, D, this.rope);
+        splitHeads(s.k, a.qkvFlat, this.qkvDim, qDim, B, T, KVH, D, this.rope);
+      }
       splitHeads(s.v, a.qkvFlat, this.qkvDim, qDim + kvDim, B, T, KVH, D, null);
-      attentionForward(k, a.heads, s.probs, s.q, s.k, s.v, B, T, H, KVH, D, lengths);
+      attentionForward(k, a.heads, s.probs, s.q, s.k, s.v, B, T, H, KVH, D, lengths, d.slidingWindow);
       mergeHeads(s.attn, qDim, 0, a.heads, B, T, H, D, null);
       s.xMid.set(x.subarray(0, N * C));
       linearForward(k, s.xMid, s.attn, w.o, N, qDim, C, true);
+      if (w.oBias !== null) biasForward(s.xMid, w.oBias, N, C);
       rmsnormForward(s.ln2, s.rstd2, s.xMid, w.ln2, N, C, eps);
       linearForward(k, s.gu, s.ln2, w.gu, N, C, 2 * I);
+      if (w.guBias !== null) biasForward(s.gu, w.guBias, N, 2 * I);
       swigluForward(a.h, s.sig, s.gu, N, I, k);
       out.set(s.xMid.subarray(0, N * C));
       linearForward(k, out, a.h, w.down, N, I, C, true);
+      if (w.downBias !== null) biasForward(out, w.downBias, N, C);
     }
     rmsnormForward(a.lnf, a.rstdf, a.resid[d.layers], this.tensor("model.norm.weight"), N, C, eps);
     return a;
@@ -436,11 +487,14 @@ export class LlamaModel {
       const s = a.layers[l];
       // MLP: out = xMid + down(swiglu(gu(rmsnorm(xMid))))
       swigluRecompute(a.h, s.gu, s.sig, N, I, k);
+      if (g.downBias !== null) biasBackward(g.downBias, dResid, N, C);
       linearBackward(k, a.dH, g.down, dResid, a.h, w.down, N, I, C);
       swigluBackward(a.dGu, a.dH, s.gu, s.sig, N, I, k);
+      if (g.guBias !== null) biasBackward(g.guBias, a.dGu, N, 2 * I);
       linearBackward(k, a.dLn, g.gu, a.dGu, s.ln2, w.gu, N, C, 2 * I);
       rmsnormBackward(dResid, g.ln2, a.dLn, s.xMid, w.ln2, s.rstd2, N, C);
       // attention: xMid = x + o(attention(rope(q), rope(k), v))
+      if (g.oBias !== null) biasBackward(g.oBias, dResid, N, C);
       linearBackward(k, a.dAttn, g.o, dResid, s.attn, w.o, N, qDim, C);
       splitHeads(a.heads, a.dAttn, qDim, 0, B, T, H, D, null);
       attentionBackward(
@@ -461,9 +515,22 @@ export class LlamaModel {
         D,
         lengths,
       );
-      mergeHeads(a.qkvFlat, this.qkvDim, 0, a.dq, B, T, H, D, this.rope);
-      mergeHeads(a.qkvFlat, this.qkvDim, qDim, a.dk, B, T, KVH, D, this.rope);
+      if (w.qNorm !== null && w.kNorm !== null && g.qNorm !== null && g.kNorm !== null) {
+        // undo RoPE, then the per-head norms (a.heads is free scratch once attention's backward ran)
+        ropeHeadsInPlace(a.dq, B, H, T, D, this.rope, -1);
+        a.heads.fill(0, 0, N * qDim);
+        rmsnormBackward(a.heads, g.qNorm, a.dq, s.qRaw, w.qNorm, s.qRstd, B * H * T, D);
+        mergeHeads(a.qkvFlat, this.qkvDim, 0, a.heads, B, T, H, D, null);
+        ropeHeadsInPlace(a.dk, B, KVH, T, D, this.rope, -1);
+        a.heads.fill(0, 0, N * kvDim);
+        rmsnormBackward(a.heads, g.kNorm, a.dk, s.kRaw, w.kNorm, s.kRstd, B * KVH * T, D);
+        mergeHeads(a.qkvFlat, this.qkvDim, qDim, a.heads, B, T, KVH, D, null);
+      } else {
+        mergeHeads(a.qkvFlat, this.qkvDim, 0, a.dq, B, T, H, D, this.rope);
+        mergeHeads(a.qkvFlat, this.qkvDim, qDim, a.dk, B, T, KVH, D, this.rope);
+      }
       mergeHeads(a.qkvFlat, this.qkvDim, qDim + kvDim, a.dv, B, T, KVH, D, null);
+      if (g.qkvBias !== null) biasBackward(g.qkvBias, a.qkvFlat, N, this.qkvDim);
       linearBackward(k, a.dLn, g.qkv, a.qkvFlat, s.ln1, w.qkv, N, C, this.qkvDim);
       rmsnormBackward(dResid, g.ln1, a.dLn, a.resid[l], w.ln1, s.rstd1, N, C);
     }

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""An independent reference for selfsteer's Llama engine, in plain numpy (float64).
+"""An independent reference for selfsteer's engine, in plain numpy (float64).
 
 It shares no code with the TypeScript engine: its own safetensors writer and reader (struct + json),
-its own forward pass written from the Hugging Face LlamaForCausalLM semantics (RMSNorm, rotate-half
+its own forward pass written from the Hugging Face semantics of LlamaForCausalLM (RMSNorm, rotate-half
 RoPE, grouped-query causal attention scaled by 1/sqrt(head_dim), SiLU-gated MLP, final norm, lm_head
-or tied embeddings). test/reference.test.ts drives it.
+or tied embeddings) and of the families built on it: Llama's optional attention/MLP biases and
+linear / llama3 RoPE scaling, Qwen2's q/k/v biases, Mistral's sliding-window attention and Qwen3's
+per-head q/k RMSNorm before RoPE. test/reference.test.ts drives it.
 
   llama_ref.py case --variant NAME --seed S --dtype F32|BF16|F16 --out DIR
       writes DIR/config.json, DIR/model.safetensors, DIR/ids.json ({"sequences": ...}),
@@ -36,7 +38,51 @@ VARIANTS = {
     "mqa": dict(vocab_size=30, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
                 num_attention_heads=4, num_key_value_heads=1, head_dim=6, rms_norm_eps=1e-5,
                 rope_theta=10000.0, tie_word_embeddings=False),
+    # Llama 3.1-style RoPE scaling with all three frequency bands present (kept, blended, divided),
+    # an explicit head_dim, and biases on every attention and MLP projection.
+    "llama3": dict(model_type="llama", vocab_size=45, hidden_size=24, intermediate_size=40,
+                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                   rms_norm_eps=1e-5, rope_theta=1000.0, tie_word_embeddings=True,
+                   attention_bias=True, mlp_bias=True,
+                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 256}),
+    # Linear RoPE scaling (positions divided by the factor), the old-style "type" key.
+    "linear": dict(model_type="llama", vocab_size=33, hidden_size=16, intermediate_size=24,
+                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                   rms_norm_eps=1e-6, rope_theta=100.0, tie_word_embeddings=False,
+                   rope_scaling={"type": "linear", "factor": 4.0}),
+    # Qwen2 / Qwen2.5: q/k/v biases, no o_proj bias, untied head.
+    "qwen2": dict(model_type="qwen2", vocab_size=48, hidden_size=32, intermediate_size=40,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False,
+                  use_sliding_window=False, sliding_window=32768, max_window_layers=2),
+    # Qwen2.5-0.5B-style: tied embeddings, few kv heads.
+    "qwen2-tied": dict(model_type="qwen2", vocab_size=40, hidden_size=16, intermediate_size=32,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                       rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
+                       use_sliding_window=False),
+    # Mistral: explicit head_dim and a sliding window shorter than the longer test sequences.
+    "mistral": dict(model_type="mistral", vocab_size=36, hidden_size=24, intermediate_size=32,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=10,
+                    rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+                    sliding_window=5),
+    # Qwen3: per-head q/k RMSNorm before RoPE, head_dim larger than hidden/heads, tied.
+    "qwen3": dict(model_type="qwen3", vocab_size=42, hidden_size=16, intermediate_size=28,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                  rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
+                  attention_bias=False, use_sliding_window=False),
 }
+
+# What each family's transformers config class defaults to, for configs written by others.
+FAMILY_DEFAULTS = {
+    "llama": dict(rms_norm_eps=1e-6, rope_theta=10000.0, attention_bias=False, mlp_bias=False),
+    "qwen2": dict(rms_norm_eps=1e-6, rope_theta=10000.0),
+    "mistral": dict(rms_norm_eps=1e-6, rope_theta=10000.0, sliding_window=4096),
+    "qwen3": dict(rms_norm_eps=1e-6, rope_theta=10000.0, head_dim=128, attention_bias=False),
+}
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "mistral": "MistralForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 DTYPE_SIZES = {"F32": 4, "BF16": 2, "F16": 2}
 
@@ -114,6 +160,30 @@ def head_dim_of(cfg):
     return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
 
 
+def family_of(cfg):
+    return cfg.get("model_type", "llama")
+
+
+def has_qkv_bias(cfg):
+    return family_of(cfg) == "qwen2" or bool(cfg.get("attention_bias"))
+
+
+def has_o_bias(cfg):
+    return family_of(cfg) in ("llama", "qwen3") and bool(cfg.get("attention_bias"))
+
+
+def has_mlp_bias(cfg):
+    return family_of(cfg) == "llama" and bool(cfg.get("mlp_bias"))
+
+
+def has_qk_norm(cfg):
+    return family_of(cfg) == "qwen3"
+
+
+def sliding_window_of(cfg):
+    return cfg.get("sliding_window") if family_of(cfg) == "mistral" else None
+
+
 def random_weights(cfg, rng):
     """Weights scaled so activations and logits are O(1): a forward bug cannot hide in a flat softmax."""
     h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
@@ -125,6 +195,9 @@ def random_weights(cfg, rng):
     def norm(n):
         return (1.0 + 0.2 * rng.standard_normal(n)).astype(np.float32)
 
+    def bias(n):
+        return (0.3 * rng.standard_normal(n)).astype(np.float32)
+
     w = {"model.embed_tokens.weight": rng.standard_normal((v, h)).astype(np.float32)}
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}."
@@ -133,10 +206,23 @@ def random_weights(cfg, rng):
         w[p + "self_attn.k_proj.weight"] = mat(nkv * hd, h)
         w[p + "self_attn.v_proj.weight"] = mat(nkv * hd, h)
         w[p + "self_attn.o_proj.weight"] = mat(h, nh * hd)
+        if has_qkv_bias(cfg):
+            w[p + "self_attn.q_proj.bias"] = bias(nh * hd)
+            w[p + "self_attn.k_proj.bias"] = bias(nkv * hd)
+            w[p + "self_attn.v_proj.bias"] = bias(nkv * hd)
+        if has_o_bias(cfg):
+            w[p + "self_attn.o_proj.bias"] = bias(h)
+        if has_qk_norm(cfg):
+            w[p + "self_attn.q_norm.weight"] = norm(hd)
+            w[p + "self_attn.k_norm.weight"] = norm(hd)
         w[p + "post_attention_layernorm.weight"] = norm(h)
         w[p + "mlp.gate_proj.weight"] = mat(i, h)
         w[p + "mlp.up_proj.weight"] = mat(i, h)
         w[p + "mlp.down_proj.weight"] = mat(h, i)
+        if has_mlp_bias(cfg):
+            w[p + "mlp.gate_proj.bias"] = bias(i)
+            w[p + "mlp.up_proj.bias"] = bias(i)
+            w[p + "mlp.down_proj.bias"] = bias(h)
     w["model.norm.weight"] = norm(h)
     if not cfg["tie_word_embeddings"]:
         w["lm_head.weight"] = mat(v, h)
@@ -147,10 +233,38 @@ def rms_norm(x, weight, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
 
 
-def rope(x, positions, theta):
+def inverse_frequencies(cfg, hd):
+    """RoPE inverse frequencies, after the config's rope_scaling (none, linear or llama3)."""
+    inv_freq = 1.0 / (cfg["rope_theta"] ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    scaling = cfg.get("rope_scaling")
+    if not scaling:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        context = scaling["original_max_position_embeddings"]
+        out = []
+        for f in inv_freq:
+            wavelength = 2 * math.pi / f
+            if wavelength < context / high:
+                out.append(f)                      # high frequency: unchanged
+            elif wavelength > context / low:
+                out.append(f / factor)             # low frequency: interpolated
+            else:
+                blend = (context / wavelength - low) / (high - low)
+                out.append((1 - blend) * f / factor + blend * f)
+        return np.array(out)
+    raise ValueError(f"rope_scaling type {kind}")
+
+
+def rope(x, positions, inv_freq):
     """x: [heads, T, hd]. Rotate-half convention: pairs are (j, j + hd/2)."""
     hd = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
     angles = np.outer(positions, inv_freq)            # [T, hd/2]
     cos = np.concatenate([np.cos(angles)] * 2, -1)     # [T, hd]
     sin = np.concatenate([np.sin(angles)] * 2, -1)
@@ -166,32 +280,45 @@ def next_token_logprobs(cfg, w, ids):
     if T < 2:
         return []
     nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim_of(cfg)
-    eps, theta = cfg["rms_norm_eps"], cfg["rope_theta"]
+    eps = cfg["rms_norm_eps"]
+    inv_freq = inverse_frequencies(cfg, hd)
     x = w["model.embed_tokens.weight"][ids]            # [T, H]
     positions = np.arange(T, dtype=np.float64)
-    causal = np.triu(np.full((T, T), -np.inf), 1)
+    mask = np.triu(np.full((T, T), -np.inf), 1)        # causal: key j <= query i
+    window = sliding_window_of(cfg)
+    if window:
+        mask += np.tril(np.full((T, T), -np.inf), -window)  # and j > i - window
+
+    def project(h, name):
+        out = h @ w[name + ".weight"].T
+        return out + w[name + ".bias"] if name + ".bias" in w else out
+
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}."
         h = rms_norm(x, w[p + "input_layernorm.weight"], eps)
-        q = (h @ w[p + "self_attn.q_proj.weight"].T).reshape(T, nh, hd).transpose(1, 0, 2)
-        k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(T, nkv, hd).transpose(1, 0, 2)
-        v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(T, nkv, hd).transpose(1, 0, 2)
-        q, k = rope(q, positions, theta), rope(k, positions, theta)
+        q = project(h, p + "self_attn.q_proj").reshape(T, nh, hd)
+        k = project(h, p + "self_attn.k_proj").reshape(T, nkv, hd)
+        v = project(h, p + "self_attn.v_proj").reshape(T, nkv, hd).transpose(1, 0, 2)
+        if has_qk_norm(cfg):
+            q = rms_norm(q, w[p + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, w[p + "self_attn.k_norm.weight"], eps)
+        q = rope(q.transpose(1, 0, 2), positions, inv_freq)
+        k = rope(k.transpose(1, 0, 2), positions, inv_freq)
         group = nh // nkv
         heads = []
         for head in range(nh):
             kv = head // group
-            scores = q[head] @ k[kv].T / math.sqrt(hd) + causal
+            scores = q[head] @ k[kv].T / math.sqrt(hd) + mask
             scores -= scores.max(-1, keepdims=True)
             probs = np.exp(scores)
             probs /= probs.sum(-1, keepdims=True)
             heads.append(probs @ v[kv])
         attn = np.stack(heads, 1).reshape(T, nh * hd)
-        x = x + attn @ w[p + "self_attn.o_proj.weight"].T
+        x = x + project(attn, p + "self_attn.o_proj")
         h = rms_norm(x, w[p + "post_attention_layernorm.weight"], eps)
-        gate = h @ w[p + "mlp.gate_proj.weight"].T
-        up = h @ w[p + "mlp.up_proj.weight"].T
-        x = x + (gate / (1.0 + np.exp(-gate)) * up) @ w[p + "mlp.down_proj.weight"].T
+        gate = project(h, p + "mlp.gate_proj")
+        up = project(h, p + "mlp.up_proj")
+        x = x + project(gate / (1.0 + np.exp(-gate)) * up, p + "mlp.down_proj")
     x = rms_norm(x, w["model.norm.weight"], eps)
     head = w["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else w["lm_head.weight"]
     logits = x @ head.T
@@ -201,8 +328,11 @@ def next_token_logprobs(cfg, w, ids):
 
 
 def full_config(cfg):
-    out = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-           "max_position_embeddings": 256, "torch_dtype": "float32", "attention_bias": False}
+    family = cfg.get("model_type", "llama")
+    out = {"architectures": [ARCHITECTURES[family]], "model_type": family, "hidden_act": "silu",
+           "max_position_embeddings": 256, "torch_dtype": "float32"}
+    if family == "llama":
+        out["attention_bias"] = False
     out.update(cfg)
     out.setdefault("num_key_value_heads", out["num_attention_heads"])
     return out
@@ -211,9 +341,9 @@ def full_config(cfg):
 def load_config(path):
     with open(path) as f:
         cfg = json.load(f)
+    for key, value in FAMILY_DEFAULTS[family_of(cfg)].items():
+        cfg.setdefault(key, value)
     cfg.setdefault("num_key_value_heads", cfg["num_attention_heads"])
-    cfg.setdefault("rms_norm_eps", 1e-6)
-    cfg.setdefault("rope_theta", 10000.0)
     cfg.setdefault("tie_word_embeddings", False)
     return cfg
 
