@@ -12,11 +12,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, type TestContext, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { encodeChat } from "../src/engine/chat.js";
+import { CHATML_TEMPLATE, encodeChat } from "../src/engine/chat.js";
 import { saveCheckpoint } from "../src/engine/checkpoint.js";
 import { LlamaConfigSchema } from "../src/engine/config.js";
 import { writeGgufFile } from "../src/engine/gguf.js";
-import { checkpointToGguf } from "../src/engine/gguf-export.js";
+import { checkpointToGguf, LLAMA3_SPLIT } from "../src/engine/gguf-export.js";
 import { initLlamaTensors } from "../src/engine/init.js";
 import { type CreatedKernels, createKernels } from "../src/engine/kernels/index.js";
 import { nextTokenLogprobs } from "../src/engine/logprobs.js";
@@ -33,6 +33,7 @@ import {
 } from "./helpers/llamacpp.js";
 
 const WORLD_BASE = fileURLToPath(new URL("../../assets/world-base", import.meta.url));
+const FIXTURES = fileURLToPath(new URL("../../test/fixtures/tokenizer", import.meta.url));
 const MAX_TOKENS = 16;
 const TIE_NATS = 2e-3;
 const PROMPTS = [
@@ -215,7 +216,100 @@ test("a random llama (GQA, untied head, head_dim != hidden/heads, padded vocab) 
   assertAgreement(t, "random llama", await compareWithLlamaCpp(dir, "llama"));
 });
 
-const FIXTURES = fileURLToPath(new URL("../../test/fixtures/tokenizer", import.meta.url));
+/** A random checkpoint written in process (no CLI start): config, tokenizer files, generation_config. */
+function randomCheckpoint(
+  name: string,
+  configFields: Record<string, unknown>,
+  tokenizerJson: unknown,
+  tokenizerConfigJson: unknown,
+  generationConfig?: unknown,
+): string {
+  const dir = join(work, name);
+  const config = LlamaConfigSchema.parse(configFields);
+  saveCheckpoint(dir, {
+    config,
+    tensors: initLlamaTensors(config, 5, { std: 0.3 }),
+    tokenizerJson,
+    tokenizerConfigJson,
+  });
+  if (generationConfig !== undefined)
+    writeFileSync(join(dir, "generation_config.json"), JSON.stringify(generationConfig));
+  return dir;
+}
+
+const SMALL = {
+  hidden_size: 64,
+  intermediate_size: 128,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+};
+
+test("Llama 3 style (llama-bpe pre-tokenizer, its specials, template with BOS, <|eot_id|>) agrees with llama.cpp", {
+  skip: SKIP,
+}, async (t) => {
+  // world-base's merges under Llama 3's Split regex, with Llama 3's special tokens after them.
+  const tokenizerJson = JSON.parse(readFileSync(join(WORLD_BASE, "tokenizer.json"), "utf8"));
+  tokenizerJson.pre_tokenizer = {
+    type: "Sequence",
+    pretokenizers: [
+      { type: "Split", pattern: { Regex: LLAMA3_SPLIT }, behavior: "Isolated", invert: false },
+      { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false },
+    ],
+  };
+  const specials = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+  ];
+  for (const [k, content] of specials.entries())
+    tokenizerJson.added_tokens.push({
+      id: 1024 + k,
+      content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+    });
+  const template =
+    "{{ bos_token }}{% for message in messages %}" +
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + (message['content'] | trim) + '<|eot_id|>' }}" +
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
+  const dir = randomCheckpoint(
+    "llama3-style",
+    {
+      ...SMALL,
+      vocab_size: 1032,
+      rope_theta: 500000,
+      max_position_embeddings: 256,
+      bos_token_id: 1024,
+      eos_token_id: 1025,
+    },
+    tokenizerJson,
+    { chat_template: template, bos_token: "<|begin_of_text|>", eos_token: "<|eot_id|>" },
+    { eos_token_id: [1028, 1025] },
+  );
+  assertAgreement(t, "llama 3 style", await compareWithLlamaCpp(dir, "llama3-style"));
+});
+
+test("Qwen2-style tokenizer (qwen2 pre-tokenizer, NFC) in a random llama agrees with llama.cpp", {
+  skip: SKIP,
+}, async (t) => {
+  const tokenizerJson = JSON.parse(readFileSync(join(FIXTURES, "qwen2-style.tokenizer.json"), "utf8"));
+  const dir = randomCheckpoint(
+    "qwen2-tokenizer",
+    { ...SMALL, vocab_size: 520, tie_word_embeddings: true },
+    tokenizerJson,
+    {
+      chat_template: CHATML_TEMPLATE,
+      eos_token: "<|im_end|>",
+    },
+  );
+  assertAgreement(t, "qwen2-style tokenizer", await compareWithLlamaCpp(dir, "qwen2-tokenizer"));
+});
 
 test("SentencePiece-style vocabularies: llama.cpp tokenizes our GGUF as Hugging Face does", {
   skip: SKIP,

@@ -42,9 +42,11 @@ const TOKEN_TYPE = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED:
 
 // The Split regexes of published byte-level tokenizers whose pre-tokenizer llama.cpp implements, by
 // the name llama.cpp gives it (tokenizer.ggml.pre).
-const LLAMA3_SPLIT =
+/** Llama 3's Split regex (llama.cpp's "llama-bpe" pre-tokenizer). */
+export const LLAMA3_SPLIT =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
-const QWEN2_SPLIT =
+/** Qwen2's Split regex (llama.cpp's "qwen2" pre-tokenizer). */
+export const QWEN2_SPLIT =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 const KNOWN_SPLITS: Record<string, string> = { [LLAMA3_SPLIT]: "llama-bpe", [QWEN2_SPLIT]: "qwen2" };
 
