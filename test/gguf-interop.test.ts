@@ -22,6 +22,7 @@ import { type CreatedKernels, createKernels } from "../src/engine/kernels/index.
 import { nextTokenLogprobs } from "../src/engine/logprobs.js";
 import { LocalPolicy } from "../src/policy/local.js";
 import type { ChatMessage } from "../src/policy/types.js";
+import { Rng } from "../src/util/rng.js";
 import { ok } from "./helpers/cli.js";
 import {
   FP32_CONTEXT,
@@ -226,12 +227,12 @@ function randomCheckpoint(
 ): string {
   const dir = join(work, name);
   const config = LlamaConfigSchema.parse(configFields);
-  saveCheckpoint(dir, {
-    config,
-    tensors: initLlamaTensors(config, 5, { std: 0.3 }),
-    tokenizerJson,
-    tokenizerConfigJson,
-  });
+  const tensors = initLlamaTensors(config, 5, { std: 0.3 });
+  // Biases start at zero and norms at one; random values make a misplaced bias or norm visible.
+  const rng = new Rng(`${name}:vectors`);
+  for (const t of tensors)
+    if (t.shape.length === 1) for (let i = 0; i < t.data.length; i++) t.data[i] += 0.3 * rng.normal();
+  saveCheckpoint(dir, { config, tensors, tokenizerJson, tokenizerConfigJson });
   if (generationConfig !== undefined)
     writeFileSync(join(dir, "generation_config.json"), JSON.stringify(generationConfig));
   return dir;
@@ -359,3 +360,62 @@ test("SentencePiece-style vocabularies: llama.cpp tokenizes our GGUF as Hugging 
     t.diagnostic(`${name}: ${compared} of ${expected.probes.length} probes tokenized as Hugging Face does`);
   }
 });
+
+const CHATML_CONFIG = { chat_template: CHATML_TEMPLATE, eos_token: "<|im_end|>" };
+const FAMILIES: { name: string; config: Record<string, unknown>; tokenizer: string }[] = [
+  {
+    name: "llama with biases, head_dim and llama3 RoPE scaling",
+    config: {
+      head_dim: 24,
+      attention_bias: true,
+      mlp_bias: true,
+      rope_theta: 500000,
+      rope_scaling: {
+        rope_type: "llama3",
+        factor: 8,
+        low_freq_factor: 1,
+        high_freq_factor: 4,
+        original_max_position_embeddings: 32,
+      },
+    },
+    tokenizer: join(WORLD_BASE, "tokenizer.json"),
+  },
+  {
+    name: "llama with linear RoPE scaling",
+    config: { rope_scaling: { type: "linear", factor: 4 } },
+    tokenizer: join(WORLD_BASE, "tokenizer.json"),
+  },
+  {
+    name: "qwen2 (q/k/v biases, tied embeddings)",
+    config: {
+      model_type: "qwen2",
+      tie_word_embeddings: true,
+      use_sliding_window: false,
+      rope_theta: 1000000,
+    },
+    tokenizer: join(FIXTURES, "qwen2-style.tokenizer.json"),
+  },
+  {
+    name: "qwen3 (q/k norms, head_dim != hidden/heads)",
+    config: { model_type: "qwen3", head_dim: 32, tie_word_embeddings: true, rope_theta: 1000000 },
+    tokenizer: join(FIXTURES, "qwen2-style.tokenizer.json"),
+  },
+  {
+    name: "mistral (head_dim, sliding window longer than the prompts)",
+    config: { model_type: "mistral", head_dim: 24, sliding_window: 96 },
+    tokenizer: join(WORLD_BASE, "tokenizer.json"),
+  },
+];
+
+for (const family of FAMILIES)
+  test(`a random ${family.name} as GGUF agrees with llama.cpp`, { skip: SKIP }, async (t) => {
+    const tokenizerJson = JSON.parse(readFileSync(family.tokenizer, "utf8"));
+    const label = family.name.split(" ")[0];
+    const dir = randomCheckpoint(
+      `family-${label}-${FAMILIES.indexOf(family)}`,
+      { ...SMALL, vocab_size: 1040, max_position_embeddings: 256, ...family.config },
+      tokenizerJson,
+      CHATML_CONFIG,
+    );
+    assertAgreement(t, family.name, await compareWithLlamaCpp(dir, `family-${FAMILIES.indexOf(family)}`));
+  });
