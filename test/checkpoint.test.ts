@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
@@ -311,4 +311,27 @@ test("trainer state round-trips and resumes AdamW bit-exactly", () => {
   expectUserError(() => loadTrainerState(dir), "exp_avg", "[50]", "[49]");
   writeFileSync(join(dir, "trainer_state.json"), JSON.stringify({ ...json, global_step: -1 }));
   expectUserError(() => loadTrainerState(dir), "global_step");
+});
+
+test("large weights are saved as shards with an index, and a later save replaces the layout cleanly", () => {
+  const config = tinyConfig({ model_type: "qwen3", head_dim: 4 });
+  const tensors = initLlamaTensors(config, 2, { std: 0.3 });
+  const dir = freshDir();
+  saveCheckpoint(dir, { config, tensors }, { maxShardBytes: 2000 });
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith(".safetensors"))
+    .sort();
+  assert.ok(files.length > 2, `several shards: ${files.join(", ")}`);
+  assert.equal(files[0], `model-00001-of-${String(files.length).padStart(5, "0")}.safetensors`);
+  const index = JSON.parse(readFileSync(join(dir, "model.safetensors.index.json"), "utf8"));
+  assert.equal(Object.keys(index.weight_map).length, tensors.length);
+  const loaded = loadCheckpoint(dir);
+  for (const t of tensors) assert.ok(bitsEqual(loaded.tensors.get(t.name)!.data, t.data), t.name);
+  // Saved again small: one file, and no stale index or shard for the loader to trip on.
+  saveCheckpoint(dir, { config, tensors });
+  assert.deepEqual(
+    readdirSync(dir).filter((f) => f.includes("safetensors")),
+    ["model.safetensors"],
+  );
+  assert.equal(loadCheckpoint(dir).config.model_type, "qwen3");
 });

@@ -5,7 +5,7 @@
  * (F32, BF16 or F16, one file or sharded with model.safetensors.index.json). Training state lives beside them in
  * trainer_state.json + optimizer.safetensors, which inference tools ignore.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { UserError } from "../util/errors.js";
@@ -23,6 +23,7 @@ export const CHECKPOINT_FILES = {
   weightsIndex: "model.safetensors.index.json",
   tokenizer: "tokenizer.json",
   tokenizerConfig: "tokenizer_config.json",
+  generationConfig: "generation_config.json",
   trainerState: "trainer_state.json",
   optimizer: "optimizer.safetensors",
 } as const;
@@ -33,7 +34,16 @@ export interface CheckpointContents {
   tensors: readonly NamedTensor[];
   tokenizerJson?: unknown;
   tokenizerConfigJson?: unknown;
+  /** generation_config.json (end-of-turn ids, sampling defaults), written when given. */
+  generationConfigJson?: unknown;
 }
+
+/**
+ * Weights above this many bytes are written as shards (model-00001-of-0000N.safetensors plus
+ * model.safetensors.index.json, as transformers' save_pretrained does), so no file reaches the 2 GiB
+ * that Node reads in one piece.
+ */
+export const MAX_SHARD_BYTES = 1 << 30;
 
 /** A loaded checkpoint: tensors keyed by HF name, in llamaParamSpecs order. */
 export interface LoadedCheckpoint {
@@ -51,7 +61,11 @@ export interface LoadedCheckpoint {
  * (the family's causal LM or sequence classifier), model_type and torch_dtype in config.json are set to
  * match what is written.
  */
-export function saveCheckpoint(dir: string, contents: CheckpointContents): void {
+export function saveCheckpoint(
+  dir: string,
+  contents: CheckpointContents,
+  options: { maxShardBytes?: number } = {},
+): void {
   const scoreHead = contents.tensors.some((t) => t.name === "score.weight");
   checkTensorsMatchSpecs(contents.config, contents.tensors, scoreHead);
   const config: Record<string, unknown> = {
@@ -63,13 +77,63 @@ export function saveCheckpoint(dir: string, contents: CheckpointContents): void 
     num_key_value_heads: contents.config.num_key_value_heads ?? contents.config.num_attention_heads,
   };
   if (scoreHead && config.num_labels === undefined) config.num_labels = 1;
-  writeFileAtomic(join(dir, CHECKPOINT_FILES.weights), writeSafetensors(contents.tensors));
+  writeWeights(dir, contents.tensors, options.maxShardBytes ?? MAX_SHARD_BYTES);
   if (contents.tokenizerJson !== undefined)
     writeJsonAtomic(join(dir, CHECKPOINT_FILES.tokenizer), contents.tokenizerJson);
   if (contents.tokenizerConfigJson !== undefined)
     writeJsonAtomic(join(dir, CHECKPOINT_FILES.tokenizerConfig), contents.tokenizerConfigJson);
+  if (contents.generationConfigJson !== undefined)
+    writeJsonAtomic(join(dir, CHECKPOINT_FILES.generationConfig), contents.generationConfigJson);
   // config.json last: a directory with a config is one whose weights were written first.
   writeJsonAtomic(join(dir, CHECKPOINT_FILES.config), config);
+}
+
+// One model.safetensors, or shards of at most maxShardBytes of tensor data (a larger single tensor gets
+// a shard of its own) and their index. The layout not written is removed afterwards, so a directory
+// never offers the loader a stale file of the other kind.
+function writeWeights(dir: string, tensors: readonly NamedTensor[], maxShardBytes: number): void {
+  let total = 0;
+  for (const t of tensors) total += 4 * t.data.length;
+  const single = join(dir, CHECKPOINT_FILES.weights);
+  const indexPath = join(dir, CHECKPOINT_FILES.weightsIndex);
+  if (total <= maxShardBytes) {
+    writeFileAtomic(single, writeSafetensors(tensors));
+    removeShards(dir, indexPath);
+    return;
+  }
+  const groups: NamedTensor[][] = [[]];
+  let groupBytes = 0;
+  for (const t of tensors) {
+    const bytes = 4 * t.data.length;
+    if (groupBytes > 0 && groupBytes + bytes > maxShardBytes) {
+      groups.push([]);
+      groupBytes = 0;
+    }
+    groups[groups.length - 1].push(t);
+    groupBytes += bytes;
+  }
+  const pad = (n: number): string => String(n).padStart(5, "0");
+  const weightMap: Record<string, string> = {};
+  const written = new Set<string>();
+  groups.forEach((group, i) => {
+    const file = `model-${pad(i + 1)}-of-${pad(groups.length)}.safetensors`;
+    writeFileAtomic(join(dir, file), writeSafetensors(group));
+    written.add(file);
+    for (const t of group) weightMap[t.name] = file;
+  });
+  // Shards of an earlier save with a different count go before the index that would not name them.
+  for (const name of readdirSync(dir))
+    if (/^model-\d{5}-of-\d{5}\.safetensors$/.test(name) && !written.has(name)) rmSync(join(dir, name));
+  writeJsonAtomic(indexPath, { metadata: { total_size: total }, weight_map: weightMap });
+  rmSync(single, { force: true });
+}
+
+// Removes a sharded layout (index first, so a half-removed one is never read as complete).
+function removeShards(dir: string, indexPath: string): void {
+  if (!existsSync(indexPath)) return;
+  rmSync(indexPath);
+  for (const name of readdirSync(dir))
+    if (/^model-\d{5}-of-\d{5}\.safetensors$/.test(name)) rmSync(join(dir, name));
 }
 
 // A bug in our own code (not bad input) if a save does not match the config.
