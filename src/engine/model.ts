@@ -153,7 +153,6 @@ export class LlamaModel {
   readonly dims: ModelDims;
   readonly specs: ParamSpec[];
   readonly params: Float32Array;
-  readonly grads: Float32Array;
   readonly hasScoreHead: boolean;
   /** True when next-token log-probs are available (lm_head.weight or tied embeddings). */
   readonly hasLmHead: boolean;
@@ -167,7 +166,10 @@ export class LlamaModel {
   private readonly kvDim: number;
   private readonly qkvDim: number;
   private readonly weights: LayerWeights[];
-  private readonly gradWeights: LayerWeights[];
+  /** Gradients and their per-layer views: allocated by the first use, so inference never pays for them. */
+  private gradBuffer: Float32Array | null = null;
+  private gradWeights: LayerWeights[] = [];
+  private readonly paramCount: number;
   private acts: Activations | null = null;
   /** The one kernel buffer all activations are carved from (regrown as batches grow). */
   private readonly actsArena: KernelArena;
@@ -188,17 +190,15 @@ export class LlamaModel {
       total += numel(spec.shape);
     }
     this.params = kernels.alloc(total);
-    this.grads = kernels.alloc(total);
+    this.paramCount = total;
     const d = this.dims;
     this.qDim = d.heads * d.headDim;
     this.kvDim = d.kvHeads * d.headDim;
     this.qkvDim = this.qDim + 2 * this.kvDim;
     this.rope = new RopeTable(d.headDim, d.ropeTheta, d.ropeScaling);
     this.weights = [];
-    this.gradWeights = [];
     for (let l = 0; l < d.layers; l++) {
       this.weights.push(this.layerViews(this.params, l));
-      this.gradWeights.push(this.layerViews(this.grads, l));
     }
   }
 
@@ -240,6 +240,12 @@ export class LlamaModel {
     };
   }
 
+  // Views of layer l's gradients (allocating the gradient buffer if this is its first use).
+  private gradLayer(l: number): LayerWeights {
+    if (this.gradBuffer === null) void this.grads;
+    return this.gradWeights[l];
+  }
+
   private view(buffer: Float32Array, name: string): Float32Array {
     const entry = this.entry(name);
     return buffer.subarray(entry.offset, entry.offset + numel(entry.shape));
@@ -275,6 +281,21 @@ export class LlamaModel {
   /** A view of one parameter's gradient. */
   gradTensor(name: string): Float32Array {
     return this.view(this.grads, name);
+  }
+
+  /**
+   * The gradient buffer, same layout as `params` (zero when first allocated). Allocated on first access
+   * (a backward pass, zeroGrad, an optimizer step), so a model that only scores or samples holds one
+   * copy of the weights, not two.
+   */
+  get grads(): Float32Array {
+    if (this.gradBuffer === null) {
+      this.gradBuffer = this.kernels.alloc(this.paramCount);
+      this.gradWeights = Array.from({ length: this.dims.layers }, (_, l) =>
+        this.layerViews(this.gradBuffer!, l),
+      );
+    }
+    return this.gradBuffer;
   }
 
   /** Offset of a parameter in `params` and `grads`. */
@@ -327,9 +348,10 @@ export class LlamaModel {
     }
   }
 
-  /** Sets all gradients to zero. */
+  /** Sets all gradients to zero (allocating them, zero, if this is their first use). */
   zeroGrad(): void {
-    this.grads.fill(0);
+    if (this.gradBuffer === null) void this.grads;
+    else this.gradBuffer.fill(0);
   }
 
   /** Makes sure activations fit a [batch, seqLen] batch; grows (never shrinks) the arena. */
@@ -483,7 +505,7 @@ export class LlamaModel {
     );
     for (let l = d.layers - 1; l >= 0; l--) {
       const w = this.weights[l];
-      const g = this.gradWeights[l];
+      const g = this.gradLayer(l);
       const s = a.layers[l];
       // MLP: out = xMid + down(swiglu(gu(rmsnorm(xMid))))
       swigluRecompute(a.h, s.gu, s.sig, N, I, k);
