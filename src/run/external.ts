@@ -24,7 +24,7 @@ import type { BatchJudge, CompareItem, GradeItem } from "../eval/judge.js";
 import { evaluateJudged, type JudgedReport, type SignalReport, signalAccuracy } from "../eval/judged.js";
 import { JudgmentCache, LlmJudge, type LlmJudgeStats } from "../eval/llm-judge.js";
 import { OpenAIPolicy } from "../policy/openai.js";
-import { BuildInterruptedError, type BuildSummary, buildRecords } from "../sso/builder.js";
+import { BuildInterruptedError, buildRecords } from "../sso/builder.js";
 import { type BundleFormat, type TrainerSettings, writeBundle } from "../sso/bundle.js";
 import { DEFAULT_CATALOG } from "../sso/catalog.js";
 import { dropLogPath, openDropLog, openRecordWriter, type QueryPrompt, readRecords } from "../sso/records.js";
@@ -132,12 +132,17 @@ export interface ModelEvaluation {
   judge: LlmJudgeStats | null;
 }
 
-/** What one iteration's build gave. */
+/** What one iteration's build gave (counted from its files, so a resumed build reports all of it). */
 export interface IterationBuild {
   iteration: number;
   kept: number;
   dropped: number;
-  summary: Pick<BuildSummary, "drops" | "featureFallbacks" | "truncated">;
+  /** Dropped queries by filter reason. */
+  drops: Record<string, number>;
+  /** Kept records whose features were chosen at random (the policy's answer was unusable). */
+  featureFallbacks: number;
+  /** Answers of kept records that stopped at --max-tokens. */
+  truncated: number;
 }
 
 /** The run's report (report.json). */
@@ -279,6 +284,40 @@ export function validateExternalConfig(config: ExternalConfig): void {
     config.judge.serve.includes("{model}")
   )
     throw new UserError("--judge-serve uses {model}: give --judge-model");
+  // Every template is filled once with sample values, so a typo in a placeholder stops the run here.
+  const serveValues = { model: "m", gguf: "g", port: "1", iteration: "1", seed: "1", selfsteer: "s" };
+  for (const [flag, template] of [
+    ["--policy-serve", config.policy.serve],
+    ["--judge-serve", config.judge?.serve ?? null],
+  ] as const) {
+    if (template === null) continue;
+    fillTemplate(template, serveValues, flag);
+    if (!template.includes("{port}"))
+      throw new UserError(`${flag}: the template must use {port} (the server is looked for on a free port)`);
+  }
+  fillTemplate(
+    config.train.command,
+    {
+      data: "d",
+      data_dir: "d",
+      config: "c",
+      model: "m",
+      base: "b",
+      output: "o",
+      iteration: "1",
+      seed: "1",
+      selfsteer: "s",
+      loss: "l",
+      beta: "1",
+      lr: "1",
+      epochs: "1",
+    },
+    "--train",
+  );
+  if (config.train.format === "records" && config.train.command.includes("{config}"))
+    throw new UserError(
+      "--train uses {config}, but --train-format records has no training config (use llamafactory-sso or trl)",
+    );
 }
 
 /** Runs (or resumes) the external online loop; returns the report (also written to report.json/md). */
@@ -318,20 +357,27 @@ export async function runExternal(
   );
   const stageResults = loadStageResults(join(runDir, "stages.jsonl"));
   const judgeCache = config.judge === null ? null : new JudgmentCache(join(runDir, "judgments.jsonl"));
-  // Interrupted by a signal: stop the children first, then go.
+  // Interrupted by a signal: stop the children first, then let the signal end this process as usual.
   const onSignal = (signal: NodeJS.Signals) => {
     book.signalAll("SIGTERM");
     setTimeout(
       () => {
         book.signalAll("SIGKILL");
-        process.exit(signal === "SIGINT" ? 130 : 143);
+        process.off("SIGINT", onSignal);
+        process.off("SIGTERM", onSignal);
+        process.kill(process.pid, signal);
       },
       Math.min(config.stopGraceMs, 5000),
-    ).unref();
+    );
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   try {
+    if (config.policy.endpoint !== null && config.iterations > 1)
+      onEvent({
+        type: "note",
+        text: `--policy-endpoint is fixed: every iteration samples ${config.policy.endpoint}; unless that server loads each trained model itself, use --policy-serve`,
+      });
     const orphans = await book.reapOrphans(config.stopGraceMs);
     for (const c of orphans)
       onEvent({ type: "note", text: `stopped a process left by an interrupted run: ${c}` });
@@ -674,7 +720,7 @@ async function buildIteration(
     dropLog.close();
   }
   // Counted from the files, so a resumed build reports the whole iteration, not only its last part.
-  const records = readRecords(out).rows.length;
+  const records = readRecords(out).rows.map((r) => r.value);
   const drops = existsSync(dropLogPath(out))
     ? readFileSync(dropLogPath(out), "utf8")
         .split("\n")
@@ -685,9 +731,11 @@ async function buildIteration(
   for (const d of drops) counts[d.reason] = (counts[d.reason] ?? 0) + 1;
   return {
     iteration: k,
-    kept: records,
+    kept: records.length,
     dropped: drops.length,
-    summary: { drops: counts as BuildSummary["drops"], featureFallbacks: 0, truncated: 0 },
+    drops: counts,
+    featureFallbacks: records.filter((r) => r.meta?.featureSource === "random").length,
+    truncated: records.reduce((n, r) => n + (r.meta?.truncated.length ?? 0), 0),
   };
 }
 
