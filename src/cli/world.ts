@@ -2,16 +2,35 @@ import { existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { trainWorldBase, WORLD_BASE_DEFAULTS, type WorldBaseOptions } from "../run/base.js";
+import { UserError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fsio.js";
 import { Rng } from "../util/rng.js";
 import { buildSftCorpus, offPolicyPairs } from "../world/corpus.js";
 import { buildRewardBench, REWARDBENCH_SECTIONS } from "../world/rewardbench.js";
-import { evalQueries, trainQueries } from "../world/tasks.js";
+import { evalQueries, trainQueries, type WorldQuery } from "../world/tasks.js";
 import { openKernels, parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
 import { checkOutputPath, checkOutputs } from "./output.js";
 
 function jsonl(rows: unknown[]): string {
   return rows.map((r) => JSON.stringify(r)).join("\n") + (rows.length > 0 ? "\n" : "");
+}
+
+/**
+ * n distinct training queries: the same draws as trainQueries, repeats skipped (a prompts file must not
+ * repeat an id), drawing on until n are distinct.
+ */
+function distinctTrainQueries(seed: number, n: number): WorldQuery[] {
+  const rng = new Rng(seed).fork("queries");
+  const seen = new Set<string>();
+  const out: WorldQuery[] = [];
+  for (let draws = 0; out.length < n && draws < 100 * n; draws++) {
+    const [q] = trainQueries(rng, 1);
+    if (seen.has(q.id)) continue;
+    seen.add(q.id);
+    out.push(q);
+  }
+  if (out.length < n) throw new UserError(`--count: the world has fewer than ${n} distinct training queries`);
+  return out;
 }
 
 /** Registers `selfsteer world ...`: the principle world's base policy and data sets. */
@@ -174,9 +193,7 @@ export function register(program: Command): void {
       checkOutputPath("--out", o.out, "file");
       const n = parseIntFlag("--count", o.count, 1);
       const queries =
-        o.split === "eval"
-          ? evalQueries(n)
-          : trainQueries(new Rng(parseIntFlag("--seed", o.seed, 0)).fork("queries"), n);
+        o.split === "eval" ? evalQueries(n) : distinctTrainQueries(parseIntFlag("--seed", o.seed, 0), n);
       writeFileAtomic(o.out, jsonl(queries.map((q) => ({ id: q.id, prompt: q.prompt }))));
       printJson({ out: o.out, queries: queries.length });
     });
