@@ -242,7 +242,8 @@ export class ChatFormat {
         );
       if (!full.startsWith(prompt))
         throw cannot("the template does not render a conversation's prompt as a prefix of the conversation");
-      const through = this.renderKept(kept.slice(0, i + 1), false);
+      const last = i === kept.length - 1 && options.addGenerationPrompt !== true;
+      const through = last ? full : this.renderKept(kept.slice(0, i + 1), false);
       let endChar: number;
       if (through.startsWith(prompt) && full.startsWith(through)) {
         const stops = this.stopEnds(full, prompt.length, through.length, plain);

@@ -390,8 +390,10 @@ function defaultExtras(): JsonExtras {
 // ignoreBOM keeps a leading U+FEFF that is part of the text, as HF does; invalid bytes become U+FFFD.
 const UTF8_DECODER = new TextDecoder("utf-8", { ignoreBOM: true });
 
-// A word cache bounded so a long-running server cannot grow it without limit.
+// A word cache bounded so a long-running server cannot grow it without limit: so many words, each at
+// most so long (a SentencePiece-style file without a pre-tokenizer makes a whole text one "word").
 const CACHE_LIMIT = 200_000;
+const CACHE_WORD_LIMIT = 256;
 
 /** A byte-level BPE tokenizer. Build one with `train`, `byteLevel`, `fromJSON` or `fromFile`. */
 export class BpeTokenizer {
@@ -914,6 +916,10 @@ export class BpeTokenizer {
     const normalized = this.pipeline.normalize(text);
     if (normalized === "") return;
     for (const word of this.pipeline.preTokenize([normalized], atStart)) {
+      if (word.length > CACHE_WORD_LIMIT) {
+        for (const id of this.encodeWord(word)) ids.push(id);
+        continue;
+      }
       let encoded = this.cache.get(word);
       if (encoded === undefined) {
         encoded = this.encodeWord(word);
