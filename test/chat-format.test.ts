@@ -382,3 +382,24 @@ test("Qwen3-like template: multi-turn masks though earlier turns render differen
   const prompt = encodeChat(t, conversation.slice(1, 2), { addGenerationPrompt: true });
   assert.ok(t.decode(prompt.ids).endsWith("<|im_start|>assistant\n"));
 });
+
+test("a generation prompt that opens a reasoning block: earlier replies start where prompt and turn part", () => {
+  // The generation prompt always opens <think>, which finished earlier turns never show.
+  const opening = QWEN3_LIKE.replace(
+    "{{- '<|im_start|>assistant\n' }}{%- if enable_thinking",
+    "{{- '<|im_start|>assistant\n<think>\n' }}{%- if enable_thinking",
+  );
+  assert.notEqual(opening, QWEN3_LIKE);
+  const t = chatml(opening);
+  const { ids, responseMask } = encodeChat(t, conversation.slice(1));
+  assert.deepEqual(maskedRuns(t, ids, responseMask), [
+    "Four.<|im_end|>",
+    "\n</think>\n\nSix, of course.<|im_end|>",
+  ]);
+  // A template whose earlier text changes with the conversation still cannot give a mask.
+  const counting = chatml(`{{ messages | length }}${opening}`);
+  assert.throws(
+    () => encodeChat(counting, conversation.slice(1, 3)),
+    /prompt as a prefix of the conversation/,
+  );
+});

@@ -240,22 +240,32 @@ export class ChatFormat {
         new UserError(
           `${this.templateSource}: ${why} (message ${i}), so its assistant tokens cannot be located for training`,
         );
-      if (!full.startsWith(prompt))
-        throw cannot("the template does not render a conversation's prompt as a prefix of the conversation");
+      let startChar = prompt.length;
+      if (!full.startsWith(prompt)) {
+        // A generation prompt that opens more than a finished turn shows (a template that starts a
+        // reasoning block there): the reply starts where the two part, if that is after the turns
+        // before it.
+        const before = this.renderKept(kept.slice(0, i), false);
+        startChar = commonTextPrefix(prompt, full);
+        if (!full.startsWith(before) || startChar < before.length)
+          throw cannot(
+            "the template does not render a conversation's prompt as a prefix of the conversation",
+          );
+      }
       const last = i === kept.length - 1 && options.addGenerationPrompt !== true;
       const through = last ? full : this.renderKept(kept.slice(0, i + 1), false);
       let endChar: number;
-      if (through.startsWith(prompt) && full.startsWith(through)) {
-        const stops = this.stopEnds(full, prompt.length, through.length, plain);
+      if (through.length >= startChar && full.startsWith(through)) {
+        const stops = this.stopEnds(full, startChar, through.length, plain);
         endChar = stops.length > 0 ? stops[stops.length - 1] : through.length;
       } else {
         // The turn renders differently once more messages follow (Qwen3 drops the empty reasoning
         // block of earlier turns): it ends at the first end-of-turn token the template wrote.
-        const stops = this.stopEnds(full, prompt.length, full.length, plain);
+        const stops = this.stopEnds(full, startChar, full.length, plain);
         if (stops.length === 0) throw cannot("no end-of-turn token follows the assistant turn");
         endChar = stops[0];
       }
-      const start = commonPrefix(this.encodePrefix(full, prompt.length, plain), ids);
+      const start = commonPrefix(this.encodePrefix(full, startChar, plain), ids);
       const end = commonPrefix(this.encodePrefix(full, endChar, plain), ids);
       for (let t = start; t < end; t++) responseMask[t] = 1;
     });
@@ -346,6 +356,13 @@ export class ChatFormat {
 
 function dropEmptySystem(messages: readonly ChatTurn[]): ChatTurn[] {
   return messages.filter((m) => !(m.role === "system" && m.content === ""));
+}
+
+/** How many leading characters two strings share. */
+function commonTextPrefix(a: string, b: string): number {
+  let n = 0;
+  while (n < a.length && n < b.length && a.charCodeAt(n) === b.charCodeAt(n)) n++;
+  return n;
 }
 
 /** How many leading ids two sequences share. */
