@@ -1,43 +1,9 @@
-import { Command, CommanderError } from "commander";
+import { CommanderError } from "commander";
 import { UserError } from "../util/errors.js";
-
-// One small file per command; each exports `register(program)`. Keep this list sorted.
-const commandModules = [
-  "bench",
-  "demo",
-  "experiment",
-  "export",
-  "generate",
-  "iterate",
-  "judge",
-  "logprobs",
-  "model",
-  "objective",
-  "rm",
-  "sample",
-  "serve",
-  "sft",
-  "tables",
-  "tokenizer",
-  "train",
-  "world",
-] as const;
-
-/** A CLI command module. */
-export interface CommandModule {
-  register(program: Command): void;
-}
+import { createProgram } from "./program.js";
 
 async function main(argv: string[]): Promise<void> {
-  const program = new Command()
-    .name("selfsteer")
-    .description("Self-Steering Optimization: annotation-free alignment of language models")
-    .showHelpAfterError()
-    .exitOverride();
-  for (const name of commandModules) {
-    const mod = (await import(`./${name}.js`)) as CommandModule;
-    mod.register(program);
-  }
+  const program = await createProgram();
   await program.parseAsync(argv);
 }
 

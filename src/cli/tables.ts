@@ -1,4 +1,4 @@
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
 import { offlineTable, rewardModelTable } from "../run/tables.js";
 import { openKernels, parseIntFlag, parseNumberFlag } from "./common.js";
 import { checkOutputPath } from "./output.js";
@@ -20,7 +20,7 @@ export function register(program: Command): void {
     .option("--out <dir>", "run directory", "runs/offline")
     .option("--seeds <list>", "comma-separated seeds", "1,2,3")
     .option("--queries <n>", "training queries (SSO records and the same number of gold pairs)", "96")
-    .option("--loss <name>", "ipo or dpo", "ipo")
+    .addOption(new Option("--loss <name>", "base loss").choices(["ipo", "dpo"]).default("ipo"))
     .option("--lr <x>", "peak learning rate", "5e-4")
     .option("--epochs <n>", "epochs", "1")
     .option("--eval-queries <n>", "held-out queries", "70")
@@ -39,7 +39,7 @@ export function register(program: Command): void {
             maxLen: 384,
             microBatch: 16,
             genBatch: 48,
-            loss: o.loss === "dpo" ? "dpo" : "ipo",
+            loss: o.loss as "ipo" | "dpo",
             beta: 0.2,
             epochs: parseIntFlag("--epochs", o.epochs, 1),
             batchSize: 8,

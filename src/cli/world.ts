@@ -1,6 +1,6 @@
 import { existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import type { Command } from "commander";
+import { type Command, Option } from "commander";
 import { trainWorldBase, WORLD_BASE_DEFAULTS, type WorldBaseOptions } from "../run/base.js";
 import { UserError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fsio.js";
@@ -186,14 +186,14 @@ export function register(program: Command): void {
     .command("queries")
     .description("write world queries as a prompts file ({id, prompt}) for `selfsteer generate`")
     .requiredOption("--out <file>", "JSONL file")
-    .option("--split <name>", "train or eval", "train")
+    .addOption(new Option("--split <name>", "which queries").choices(["train", "eval"]).default("train"))
     .option("--seed <n>", "seed (train split)", "0")
     .option("--count <n>", "queries", "256")
     .action((o: { out: string; split: string; seed: string; count: string }) => {
       checkOutputPath("--out", o.out, "file");
       const n = parseIntFlag("--count", o.count, 1);
-      const queries =
-        o.split === "eval" ? evalQueries(n) : distinctTrainQueries(parseIntFlag("--seed", o.seed, 0), n);
+      const seed = parseIntFlag("--seed", o.seed, 0);
+      const queries = o.split === "eval" ? evalQueries(n) : distinctTrainQueries(seed, n);
       writeFileAtomic(o.out, jsonl(queries.map((q) => ({ id: q.id, prompt: q.prompt }))));
       printJson({ out: o.out, queries: queries.length });
     });
