@@ -112,7 +112,7 @@ test("bad input exits 2 with a message naming the file, line, field or flag", ()
   assert.match(small.stderr, /--vocab: expected an integer >= 259/);
   const format = selfsteer("--corpus", corpusFile, "--vocab", "300", "--out", out, "--format", "csv");
   assert.equal(format.status, 2);
-  assert.match(format.stderr, /--format: expected auto, text or jsonl/);
+  assert.match(format.stderr, /--format: expected one of auto, text, jsonl/);
   const missingFlag = spawnSync(process.execPath, [bin, "tokenizer", "train", "--corpus", corpusFile], {
     encoding: "utf8",
   });

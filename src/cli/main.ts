@@ -1,9 +1,9 @@
 import { CommanderError } from "commander";
 import { UserError } from "../util/errors.js";
-import { createProgram } from "./program.js";
+import { buildProgram } from "./program.js";
 
 async function main(argv: string[]): Promise<void> {
-  const program = await createProgram();
+  const { program } = await buildProgram();
   await program.parseAsync(argv);
 }
 

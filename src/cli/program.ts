@@ -28,8 +28,14 @@ export interface CommandModule {
   register(program: Command): void;
 }
 
+/** The program and the options that have no parse-time rule (the tests require there be none). */
+export interface BuiltProgram {
+  program: Command;
+  unruled: string[];
+}
+
 /** The `selfsteer` program with every command registered and every option's value checked at parse time. */
-export async function createProgram(): Promise<Command> {
+export async function buildProgram(): Promise<BuiltProgram> {
   const program = new Command()
     .name("selfsteer")
     .description("Self-Steering Optimization: annotation-free alignment of language models")
@@ -39,6 +45,6 @@ export async function createProgram(): Promise<Command> {
     const mod = (await import(`./${name}.js`)) as CommandModule;
     mod.register(program);
   }
-  checkAllOptions(program);
-  return program;
+  const unruled = checkAllOptions(program);
+  return { program, unruled };
 }
