@@ -362,7 +362,7 @@ test("every loss and every SSO variant matches central finite differences", () =
 });
 
 /**
- * SSO.md's composite written out again from the exported base losses, optionally with each record's W
+ * docs/algorithm.md's composite written out again from the exported base losses, optionally with each record's W
  * frozen at given values (what detachWeight means: W scales the loss but passes no gradient).
  */
 function compositeFromParts(cfg: ObjectiveConfig, records: ObjectiveRecord[], frozenW?: number[]): number {
@@ -399,7 +399,7 @@ function compositeFromParts(cfg: ObjectiveConfig, records: ObjectiveRecord[], fr
   return total / records.length;
 }
 
-test("the composite equals SSO.md's formula rebuilt from the base losses", () => {
+test("the composite equals docs/algorithm.md's formula rebuilt from the base losses", () => {
   const rng = new Rng("objective-formula");
   for (const loss of REF_LOSSES)
     for (const [variant, extra] of VARIANTS.filter(([, e]) => "sso" in e)) {

@@ -51,7 +51,7 @@ function miniConfig(base: string, runDir: string): OnlineConfig {
   };
 }
 
-test("each method has SSO.md's objective", () => {
+test("each method has docs/algorithm.md's objective", () => {
   assert.deepEqual(objectiveFor("sso", "ipo", 0.2).sso, {
     weight: "sigmoid",
     alpha: 0.66,

@@ -47,7 +47,7 @@ const records: PreferenceRecord[] = [
   },
 ];
 
-test("the six sequences of a record follow SSO.md's three pairs", () => {
+test("the six sequences of a record follow docs/algorithm.md's three pairs", () => {
   const r = records[0];
   assert.deepEqual(sequenceFor(r, "chosen"), {
     prompt: [{ role: "user", content: r.instruction }],

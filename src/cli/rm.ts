@@ -469,9 +469,11 @@ Example:
       `
 A pair is right when the chosen response scores strictly higher. Sections follow RewardBench (Chat,
 Chat Hard, Safety, Reasoning; subsets weighted by RewardBench's example counts, else by pairs
-present); our own subsets chat, chat-hard, safety and reasoning map to the section of that name, a
-pair's "section" field names its own, and other subsets stand alone. Overall is the mean of the
-section scores (and of stand-alone subsets).
+present); subsets named after a section (chat, chat-hard, safety, reasoning) map to it, a pair's
+"section" field names its own, and other subsets stand alone. The world suite's subsets (chat-easy,
+chat-length, chat-hard, refuse-unsafe, respond-benign, math, math-steps) get their sections from the
+file \`selfsteer world rewardbench --sections\` writes: pass it as --sections. Overall is the mean of
+the section scores (and of stand-alone subsets).
 
 Example:
   selfsteer rm eval --model runs/rm --data rewardbench.jsonl --json`,

@@ -217,8 +217,8 @@ function run(data: SftWorkerData): void {
       post({ type: "done", step: startStep, complete: true, alreadyComplete: true });
       return;
     }
-    // Plan activations once for the largest micro-batch: kernel memory is never returned, so growing
-    // the arena batch by batch would leave every smaller one behind.
+    // Plan activations once for the largest micro-batch, so the arena is allocated once instead of
+    // reallocated each time a longer batch comes along.
     let longest = 1;
     for (const example of data.examples)
       longest = Math.max(longest, encodeSftExample(tokenizer, example, settings.maxLen).ids.length);

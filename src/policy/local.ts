@@ -136,7 +136,8 @@ export class LocalPolicy implements Policy {
         });
     });
     // Batches of similar total length waste little KV cache, and the longest first means later batches
-    // fit the cache memory of the first (kernel memory is never returned). No sample depends on order.
+    // fit the cache the first one allocated, so it is allocated once instead of regrown (each growth
+    // reallocates it). No sample depends on order.
     const order = samples
       .map((_, j) => j)
       .sort((a, b) => {

@@ -48,7 +48,7 @@ export const METHODS = ["sso", "pbaa", "no-weight", "no-steer", "offpolicy"] as 
 /** One method. */
 export type Method = (typeof METHODS)[number];
 
-/** Base losses the online loop offers (SSO.md: IPO in the paper's main tables). */
+/** Base losses the online loop offers (docs/algorithm.md: IPO in the paper's main tables). */
 export const ONLINE_LOSSES = ["ipo", "dpo", "simpo"] as const;
 /** One of ONLINE_LOSSES. */
 export type OnlineLoss = (typeof ONLINE_LOSSES)[number];
@@ -68,7 +68,7 @@ export interface OnlineConfig {
   queriesPerIteration: number;
   /** Held-out evaluation queries. */
   evalQueries: number;
-  /** Sampling of y+, y-, y0 (SSO.md: temperature 0.7, top-p 0.8). */
+  /** Sampling of y+, y-, y0 (docs/algorithm.md: temperature 0.7, top-p 0.8). */
   temperature: number;
   topP: number;
   maxTokens: number;
@@ -111,7 +111,7 @@ export type OnlineEvent =
   | { type: "progress"; method: Method; iteration: number; stage: string; done: number; total: number }
   | { type: "iteration"; method: Method; metrics: IterationMetrics };
 
-/** The objective of each method (SSO.md, "Ablations"). */
+/** The objective of each method (docs/algorithm.md, "Ablations"). */
 export function objectiveFor(method: Method, loss: OnlineLoss, beta: number): ObjectiveConfig {
   switch (method) {
     case "sso":
@@ -201,7 +201,7 @@ export interface PolicyRecordsOptions {
 }
 
 /**
- * SSO records built by the current weights for `queries` (SSO.md's data construction), appended to a
+ * SSO records built by the current weights for `queries` (docs/algorithm.md, "One record per query"), appended to a
  * resumable JSONL file; once finished, the summary is saved beside it and later calls only read back.
  */
 export async function buildPolicyRecords(

@@ -33,7 +33,7 @@ export interface DropSink {
   append(entry: DropEntry): boolean;
 }
 
-/** Settings of one build. Defaults are the reference ones (SSO.md). */
+/** Settings of one build. Defaults are the reference ones (docs/algorithm.md). */
 export interface BuildOptions {
   /** Seed of every random choice and every request. */
   seed: number;

@@ -1,5 +1,5 @@
 /**
- * The reference post-filters of SSO data (SSO.md, step 6), plus our own drop of empty answers.
+ * The reference post-filters of SSO data (docs/algorithm.md, "Filters"), plus our own drop of empty answers.
  * A pair with no gap (chosen equal to rejected) or no contrast with the plain answer teaches nothing,
  * so such records are dropped; every drop is counted by reason.
  */

@@ -226,7 +226,7 @@ const configShape = {
   generator: generatorOptionsSchema.optional(),
 };
 
-/** The objective's settings (the input JSON without its records); defaults as in SSO.md. */
+/** The objective's settings (the input JSON without its records); defaults as in docs/algorithm.md. */
 export const objectiveConfigSchema = z.strictObject(configShape).superRefine((config, ctx) => {
   for (const issue of configIssues(config)) ctx.addIssue({ code: "custom", ...issue });
 });
@@ -487,7 +487,7 @@ function pairMetrics(config: ObjectiveConfig, p: PairNumbers): PairMetrics {
 }
 
 /**
- * The SSO loss of one record (SSO.md "The objective"), with d(loss)/d(policy value) for every key it
+ * The SSO loss of one record (docs/algorithm.md, "The objective"), with d(loss)/d(policy value) for every key it
  * reads. Without `config.sso`: L = B(main). With it and steer on: L = B(main) + ftx SFT + W G_beta
  * (B(pos) + B(neg)); steer off ("w/o G"): L = W (B(main) + ftx SFT_main). Records must be validated.
  */

@@ -14,7 +14,7 @@ import type { PreferenceRecord } from "../sso/pairs.js";
 import { Rng } from "../util/rng.js";
 import { type EncodedSequence, encodeResponse, type Message, packBatch } from "./sequences.js";
 
-/** The prompt and response of each of the six sequences of a record (SSO.md, "three preference pairs"). */
+/** The prompt and response of each of the six sequences of a record (docs/algorithm.md, "The six sequences and three pairs"): the neg pair prefers y0 over y+. */
 export function sequenceFor(record: PreferenceRecord, key: SeqKey): { prompt: Message[]; response: string } {
   const user: Message = { role: "user", content: record.instruction };
   const pos: Message[] = [{ role: "system", content: record.p_system }, user];
@@ -91,7 +91,7 @@ export function scoreResponses(
 
 /**
  * Forward-only scoring of records' sequences: used for the frozen reference at the start of an
- * iteration (SSO.md: the reference log-probs are computed once per iteration).
+ * iteration (docs/algorithm.md, "The online loop": the reference log-probs are computed once per iteration).
  */
 export function scoreRecords(
   model: LlamaModel,

@@ -45,6 +45,13 @@ export function encodeConversation(
   return truncate({ ids, mask: responseMask }, maxLen);
 }
 
+/**
+ * Cuts a sequence to maxLen tokens: the response keeps at least half the budget and the prompt loses
+ * its OLDEST tokens first. Known flaw, flagged rather than fixed (docs/algorithm.md, "Length limits
+ * and truncation"): the oldest tokens of a steering sequence are its principle system prompt, so a
+ * long query cuts p+ / p- first and turns a steering pair into a plain one without a word. The world's
+ * settings never reach it; keep maxLen above system prompt + query + half an answer.
+ */
 function truncate(seq: EncodedSequence, maxLen: number): EncodedSequence {
   if (seq.ids.length <= maxLen) return seq;
   const firstScored = seq.mask.indexOf(1);
