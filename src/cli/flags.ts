@@ -11,6 +11,7 @@ import { BENCH_PRESETS } from "../engine/bench.js";
 import { GGUF_EXPORT_TYPES } from "../engine/gguf-export.js";
 import { ANSWER_STYLES } from "../eval/answers.js";
 import { METHODS } from "../run/online.js";
+import { BUNDLE_FORMATS } from "../sso/bundle.js";
 import { EXPORT_FORMATS } from "../sso/export.js";
 import { LOSS_NAMES } from "../sso/objective.js";
 import { UserError } from "../util/errors.js";
@@ -65,18 +66,23 @@ export const FLAG_RULES: Readonly<Record<string, FlagRule>> = {
   "--concision-rate": num(0, 1),
   "--concurrency": int(1),
   "--corpus-size": int(1),
-  "--drain-timeout": num(0, 86_400),
   "--count": int(1),
+  "--drain-timeout": num(0, 86_400),
   "--epochs": int(1),
+  "--eval-max-tokens": int(1),
   "--eval-queries": int(1),
   "--feature-count": int(1),
   "--generate-runs": int(1),
   "--gold-pairs": int(1),
   "--heads": int(1),
+  "--health-timeout": num(0.1),
   "--hidden": int(2),
   "--intermediate": int(1),
   "--iterations": int(1),
+  "--judge": oneOf(["gold", "llm"]),
   "--judge-max-requests": int(0),
+  "--judge-max-tokens": int(1),
+  "--judge-signal-pairs": int(0),
   "--kv-heads": int(1),
   "--layers": int(1),
   "--limit": int(1),
@@ -105,6 +111,7 @@ export const FLAG_RULES: Readonly<Record<string, FlagRule>> = {
   "--size": int(1),
   "--std": num(0),
   "--steps": int(1),
+  "--stop-grace": num(0),
   "--style": oneOf(ANSWER_STYLES),
   "--temperature": num(0),
   "--threads": int(1),
@@ -112,6 +119,7 @@ export const FLAG_RULES: Readonly<Record<string, FlagRule>> = {
   "--timeout-ms": int(1),
   "--top-k": int(0),
   "--top-p": num(0, 1),
+  "--train-format": oneOf(BUNDLE_FORMATS),
   "--vocab": int(1),
   "--warmup": int(0),
   "--warmup-ratio": num(0, 1),
@@ -135,17 +143,26 @@ export const FREE_TEXT_FLAGS: ReadonlySet<string> = new Set([
   "--corpus",
   "--data",
   "--endpoint",
+  "--eval-prompts",
+  "--eval-references",
   "--gold",
   "--host",
   "--ids",
   "--in",
   "--input",
+  "--judge-endpoint",
+  "--judge-model",
+  "--judge-model-name",
+  "--judge-serve",
   "--model",
   "--model-name",
   "--name",
   "--out",
   "--output-dir",
   "--pairs",
+  "--policy-endpoint",
+  "--policy-model-name",
+  "--policy-serve",
   "--prompt",
   "--prompts",
   "--records",
@@ -157,6 +174,7 @@ export const FREE_TEXT_FLAGS: ReadonlySet<string> = new Set([
   "--system",
   "--template",
   "--tokenizer",
+  "--train",
 ]);
 
 /** The full name of a command: "rm train", "world sft", ... */
