@@ -1,10 +1,46 @@
 import { type Command, Option } from "commander";
-import { offlineTable, rewardModelTable } from "../run/tables.js";
+import type { Kernels } from "../engine/kernels/types.js";
+import { offlineTable, rewardModelTable, type TableConfig } from "../run/tables.js";
 import { openKernels, parseIntFlag, parseNumberFlag } from "./common.js";
 import { checkOutputPath } from "./output.js";
 
-function seedsOf(flag: string): number[] {
-  return flag.split(",").map((s) => parseIntFlag("--seeds", s.trim(), 0));
+/** The flags both tables take, with the help text and default run directory of one table. */
+function addTableFlags(cmd: Command, defaults: { out: string; base: string; queries: string }): Command {
+  return cmd
+    .option("--base <dir>", defaults.base, "assets/world-base")
+    .option("--out <dir>", "run directory", defaults.out)
+    .option("--seeds <list>", "comma-separated seeds", "1,2,3")
+    .option("--queries <n>", defaults.queries, "96");
+}
+
+/**
+ * Runs one table: checks --out, opens the kernels, fills the settings both tables share from the
+ * flags (and `microBatch`), and prints the Markdown file it wrote.
+ */
+async function runTable(
+  o: Record<string, string>,
+  microBatch: number,
+  markdown: string,
+  run: (shared: TableConfig, kernels: Kernels, log: (line: string) => void) => Promise<unknown>,
+): Promise<void> {
+  checkOutputPath("--out", o.out, "dir");
+  const shared: TableConfig = {
+    baseModel: o.base,
+    runDir: o.out,
+    seeds: o.seeds.split(",").map((s) => parseIntFlag("--seeds", s.trim(), 0)),
+    queries: parseIntFlag("--queries", o.queries, 1),
+    maxTokens: 96,
+    maxLen: 384,
+    microBatch,
+    genBatch: 48,
+  };
+  const kernels = openKernels(o.backend);
+  try {
+    await run(shared, kernels, (l) => process.stderr.write(`${l}\n`));
+    process.stdout.write(`${o.out}/${markdown}\n`);
+  } finally {
+    kernels.dispose();
+  }
 }
 
 /** Registers `selfsteer tables offline|rm`: the paper's Tables 3 and 4 in the principle world. */
@@ -13,32 +49,28 @@ export function register(program: Command): void {
     .command("tables")
     .description("the paper's offline (Table 3) and reward-model (Table 4) claims");
 
-  tables
-    .command("offline")
-    .description("offline: train the base on SSO records it built vs on gold off-policy pairs, then evaluate")
-    .option("--base <dir>", "base checkpoint", "assets/world-base")
-    .option("--out <dir>", "run directory", "runs/offline")
-    .option("--seeds <list>", "comma-separated seeds", "1,2,3")
-    .option("--queries <n>", "training queries (SSO records and the same number of gold pairs)", "96")
+  addTableFlags(
+    tables
+      .command("offline")
+      .description(
+        "offline: train the base on SSO records it built vs on gold off-policy pairs, then evaluate",
+      ),
+    {
+      base: "base checkpoint",
+      out: "runs/offline",
+      queries: "training queries (SSO records and the same number of gold pairs)",
+    },
+  )
     .addOption(new Option("--loss <name>", "base loss").choices(["ipo", "dpo"]).default("ipo"))
     .option("--lr <x>", "peak learning rate", "5e-4")
     .option("--epochs <n>", "epochs", "1")
     .option("--eval-queries <n>", "held-out queries", "70")
     .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
-    .action(async (o: Record<string, string>) => {
-      checkOutputPath("--out", o.out, "dir");
-      const kernels = openKernels(o.backend);
-      try {
-        await offlineTable(
+    .action((o: Record<string, string>) =>
+      runTable(o, 16, "offline.md", (shared, kernels, log) =>
+        offlineTable(
           {
-            baseModel: o.base,
-            runDir: o.out,
-            seeds: seedsOf(o.seeds),
-            queries: parseIntFlag("--queries", o.queries, 1),
-            maxTokens: 96,
-            maxLen: 384,
-            microBatch: 16,
-            genBatch: 48,
+            ...shared,
             loss: o.loss as "ipo" | "dpo",
             beta: 0.2,
             epochs: parseIntFlag("--epochs", o.epochs, 1),
@@ -47,42 +79,33 @@ export function register(program: Command): void {
             evalQueries: parseIntFlag("--eval-queries", o.evalQueries, 1),
           },
           kernels,
-          (l) => process.stderr.write(`${l}\n`),
-        );
-        process.stdout.write(`${o.out}/offline.md\n`);
-      } finally {
-        kernels.dispose();
-      }
-    });
+          log,
+        ),
+      ),
+    );
 
-  tables
-    .command("rm")
-    .description(
-      "reward models: gold off-policy pairs vs gold + SSO pairs, on the world's RewardBench-style suite",
-    )
-    .option("--base <dir>", "base checkpoint (initialises the reward models)", "assets/world-base")
-    .option("--out <dir>", "run directory", "runs/rm")
-    .option("--seeds <list>", "comma-separated seeds", "1,2,3")
-    .option("--queries <n>", "training queries for the base policy's SSO pairs", "96")
+  addTableFlags(
+    tables
+      .command("rm")
+      .description(
+        "reward models: gold off-policy pairs vs gold + SSO pairs, on the world's RewardBench-style suite",
+      ),
+    {
+      base: "base checkpoint (initialises the reward models)",
+      out: "runs/rm",
+      queries: "training queries for the base policy's SSO pairs",
+    },
+  )
     .option("--gold-pairs <n>", "gold off-policy pairs", "192")
     .option("--lr <x>", "peak learning rate", "1e-3")
     .option("--epochs <n>", "epochs", "2")
     .option("--per-subset <n>", "suite rows per subset", "40")
     .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
-    .action(async (o: Record<string, string>) => {
-      checkOutputPath("--out", o.out, "dir");
-      const kernels = openKernels(o.backend);
-      try {
-        await rewardModelTable(
+    .action((o: Record<string, string>) =>
+      runTable(o, 8, "rm.md", (shared, kernels, log) =>
+        rewardModelTable(
           {
-            baseModel: o.base,
-            runDir: o.out,
-            seeds: seedsOf(o.seeds),
-            queries: parseIntFlag("--queries", o.queries, 1),
-            maxTokens: 96,
-            maxLen: 384,
-            microBatch: 8,
-            genBatch: 48,
+            ...shared,
             goldPairs: parseIntFlag("--gold-pairs", o.goldPairs, 1),
             epochs: parseIntFlag("--epochs", o.epochs, 1),
             batchSize: 16,
@@ -90,11 +113,8 @@ export function register(program: Command): void {
             perSubset: parseIntFlag("--per-subset", o.perSubset, 1),
           },
           kernels,
-          (l) => process.stderr.write(`${l}\n`),
-        );
-        process.stdout.write(`${o.out}/rm.md\n`);
-      } finally {
-        kernels.dispose();
-      }
-    });
+          log,
+        ),
+      ),
+    );
 }

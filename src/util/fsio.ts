@@ -22,8 +22,11 @@ export function writeJsonAtomic(path: string, value: unknown): void {
   writeFileAtomic(path, `${JSON.stringify(value, null, 2)}\n`);
 }
 
-/** Reads and validates a JSON file; errors name the file and the field. */
-export function readJsonFile<T>(path: string, schema: z.ZodType<T>): T {
+/**
+ * Reads and validates a JSON file; errors name the file and the field, one line per problem, the
+ * first `maxIssues` of them (default 1).
+ */
+export function readJsonFile<T>(path: string, schema: z.ZodType<T>, maxIssues = 1): T {
   let text: string;
   try {
     text = readFileSync(path, "utf8");
@@ -38,8 +41,10 @@ export function readJsonFile<T>(path: string, schema: z.ZodType<T>): T {
   }
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new UserError(`${path}: field ${formatPath(issue.path)}: ${issue.message}`);
+    const issues = parsed.error.issues;
+    const lines = issues.slice(0, maxIssues).map((i) => `${path}: field ${formatPath(i.path)}: ${i.message}`);
+    if (issues.length > maxIssues) lines.push(`(${issues.length - maxIssues} more problems)`);
+    throw new UserError(lines.join("\n"));
   }
   return parsed.data;
 }
