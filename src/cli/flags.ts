@@ -9,6 +9,7 @@
 import type { Command, Option } from "commander";
 import { BENCH_PRESETS } from "../engine/bench.js";
 import { GGUF_EXPORT_TYPES } from "../engine/gguf-export.js";
+import { LIKE_MODELS } from "../engine/like.js";
 import { ANSWER_STYLES } from "../eval/answers.js";
 import { METHODS } from "../run/online.js";
 import { BUNDLE_FORMATS } from "../sso/bundle.js";
@@ -127,6 +128,7 @@ export const FLAG_RULES: Readonly<Record<string, FlagRule>> = {
   "export --format": oneOf(EXPORT_FORMATS),
   "export --loss": oneOf(LOSS_NAMES),
   "model export --format": oneOf(["gguf"]),
+  "model init --like": oneOf(LIKE_MODELS),
   "model export --type": oneOf(GGUF_EXPORT_TYPES),
   "tokenizer train --format": oneOf(["auto", "text", "jsonl"]),
 };
