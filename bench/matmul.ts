@@ -1,6 +1,7 @@
 /**
- * sgemm throughput: GFLOP/s of the plain reference, the WASM SIMD kernels on one thread, and on every
- * core, at 512^3 and at the shapes a training step and a decode step of the engine's presets run.
+ * sgemm throughput: GFLOP/s of the plain reference, the WASM SIMD kernels and the platform BLAS (when
+ * found) on one thread and on every core, at 512^3 and at the shapes a training step and a decode step
+ * of the engine's presets run.
  * Usage: node dist/bench/matmul.js   (prints one JSON document; best of several timed runs per cell;
  * cpusAvailable says how many CPUs the process could actually use around the run, see probeCpus)
  */
@@ -8,11 +9,10 @@ import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import {
   createKernels,
+  findBlas,
   type GemmBatchItem,
   type Kernels,
   PlainKernels,
-  sgemmBatch,
-  WasmKernels,
 } from "../src/engine/kernels/index.js";
 
 interface Shape {
@@ -98,7 +98,11 @@ const cpusBefore = await probeCpus(threads, 300);
 const plain = new PlainKernels();
 const one = createKernels({ backend: "wasm", threads: 1 });
 const all = createKernels({ backend: "wasm", threads });
-if (all instanceof WasmKernels) all.waitForWorkers();
+all.waitForWorkers();
+const blas = findBlas().library;
+const blasOne = blas === undefined ? undefined : createKernels({ backend: "blas", threads: 1 });
+const blasAll = blas === undefined ? undefined : createKernels({ backend: "blas", threads });
+blasAll?.waitForWorkers();
 
 const results = SHAPES.map((shape) => {
   const small = shape.M * shape.N * shape.K < 1e8;
@@ -113,6 +117,9 @@ const results = SHAPES.map((shape) => {
       plain: measure(plain, shape, 2, small ? 100 : 300),
       wasm1: measure(one, shape, 5, 150),
       [`wasm${threads}`]: measure(all, shape, 5, 150),
+      ...(blasOne === undefined || blasAll === undefined
+        ? {}
+        : { blas1: measure(blasOne, shape, 5, 150), [`blas${threads}`]: measure(blasAll, shape, 5, 150) }),
     },
   };
 });
@@ -149,7 +156,7 @@ function measureAttention(kernels: Kernels, shape: AttentionShape, batched: bool
     });
   }
   const call = (): void => {
-    if (batched) sgemmBatch(kernels, false, true, 1, 0, items);
+    if (batched) kernels.sgemmBatch(false, true, 1, 0, items);
     else for (const it of items) kernels.sgemm(false, true, T, T, D, 1, it.A, it.B, 0, it.C);
   };
   let best = 0;
@@ -173,16 +180,34 @@ const attention = ATTENTION.map((shape) => ({
     wasm1: measureAttention(one, shape, false),
     [`wasm${threads}`]: measureAttention(all, shape, false),
     [`wasm${threads} batched`]: measureAttention(all, shape, true),
+    ...(blasOne === undefined || blasAll === undefined
+      ? {}
+      : {
+          blas1: measureAttention(blasOne, shape, false),
+          [`blas${threads}`]: measureAttention(blasAll, shape, false),
+          [`blas${threads} batched`]: measureAttention(blasAll, shape, true),
+        }),
   },
 }));
-const pool = all instanceof WasmKernels ? all.poolStatistics() : undefined;
+const pool = all.poolStatistics?.();
 const cpusAfter = await probeCpus(threads, 300);
 one.dispose();
 all.dispose();
+blasOne?.dispose();
+blasAll?.dispose();
 const cpusAvailable = { before: cpusBefore, after: cpusAfter };
 console.log(
   JSON.stringify(
-    { bench: "matmul", node: process.version, threads, cpusAvailable, results, attention, pool },
+    {
+      bench: "matmul",
+      node: process.version,
+      threads,
+      blas: blas?.description ?? null,
+      cpusAvailable,
+      results,
+      attention,
+      pool,
+    },
     null,
     2,
   ),

@@ -23,6 +23,7 @@ import { loadModelDir } from "../src/engine/load.js";
 import { nextTokenLogprobs } from "../src/engine/logprobs.js";
 import type { LlamaModel } from "../src/engine/model.js";
 import { Rng } from "../src/util/rng.js";
+import { FAST_BACKENDS } from "./helpers/backends.js";
 
 const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
 const refScript = join(repoRoot, "test", "ref", "llama_ref.py");
@@ -135,10 +136,12 @@ for (const { variant, dtype } of cases) {
       });
     }
     const expected = JSON.parse(readFileSync(join(dir, "expected.json"), "utf8")).logprobs as number[][];
-    const actual = JSON.parse(
-      run(process.execPath, [cli, "logprobs", "--model", dir, "--ids", join(dir, "ids.json")]),
-    ).logprobs as number[][];
-    compareRows(actual, expected, `${variant}/${dtype}`);
+    // Every backend present, plain included, agrees with the reference.
+    for (const backend of ["plain", ...FAST_BACKENDS.filter((b) => b.skip === false).map((b) => b.name)]) {
+      const args = [cli, "logprobs", "--model", dir, "--ids", join(dir, "ids.json"), "--backend", backend];
+      const actual = JSON.parse(run(process.execPath, args)).logprobs as number[][];
+      compareRows(actual, expected, `${variant}/${dtype} on ${backend}`);
+    }
     // Tiny batches exercise the packing of sequences into batches; the numbers must not move.
     const small = JSON.parse(
       run(process.execPath, [

@@ -3,7 +3,7 @@ import { type Command, Option } from "commander";
 import { BENCH_PRESETS, type BenchPresetName, runBench } from "../engine/bench.js";
 import { createKernels } from "../engine/kernels/index.js";
 import { UserError } from "../util/errors.js";
-import { parseBackend, parseIntFlag, printJson } from "./common.js";
+import { BACKEND_HELP, parseBackend, parseIntFlag, printJson, THREADS_HELP } from "./common.js";
 
 interface BenchFlags {
   preset: string;
@@ -32,7 +32,7 @@ function bench(flags: BenchFlags): void {
   const generateRuns = parseIntFlag("--generate-runs", flags.generateRuns, 1);
   const kernels = createKernels({ backend, threads });
   if (kernels.warning) process.stderr.write(`selfsteer: ${kernels.warning}\n`);
-  if ("waitForWorkers" in kernels && typeof kernels.waitForWorkers === "function") kernels.waitForWorkers();
+  kernels.waitForWorkers();
   try {
     const preset = BENCH_PRESETS[presetName];
     const result = runBench(preset, kernels, { steps, warmup, generateRuns });
@@ -42,7 +42,9 @@ function bench(flags: BenchFlags): void {
       bench: "engine",
       preset: presetName,
       backend: kernels.name,
-      threads: kernels.name === "plain" ? 1 : threads,
+      kernels: kernels.backend,
+      ...(kernels.note === undefined ? {} : { kernelsNote: kernels.note }),
+      threads: kernels.threads,
       node: process.version,
       steps,
       ...result,
@@ -55,6 +57,7 @@ function bench(flags: BenchFlags): void {
     const p = preset;
     process.stdout.write(
       `preset ${presetName}: vocab ${p.vocab}, hidden ${p.hidden}, intermediate ${p.intermediate}, ${p.layers} layers, ${p.heads}/${p.kvHeads} heads, batch ${p.batch} x ${p.seqLen} tokens; ${result.parameters} parameters on ${kernels.name}\n` +
+        (kernels.note === undefined ? "" : `kernels:    ${kernels.note}\n`) +
         `training:   ${result.trainTokensPerSec.toFixed(1)} tokens/s (median step ${result.trainStepMs} ms: forward ${result.trainPhasesMs.forward}, backward ${result.trainPhasesMs.backward}, AdamW ${result.trainPhasesMs.optimizer})\n` +
         `generation: ${result.generateTokensPerSec.toFixed(1)} tokens/s (batch ${p.batch}, greedy to ${p.seqLen} tokens in ${result.generateMs} ms)\n` +
         `peak RSS:   ${peakRssMB} MB\n`,
@@ -71,8 +74,8 @@ export function register(program: Command): void {
     .description("measure the engine: training and generation tokens/s and peak RSS for a preset")
     .requiredOption("--preset <name>", "S, M or L (see below)")
     .option("--json", "print one JSON object of figures")
-    .option("--backend <name>", "kernels: auto (WASM SIMD if built), wasm or plain", "auto")
-    .option("--threads <n>", "threads for the WASM kernels (default: every core)")
+    .option("--backend <name>", BACKEND_HELP, "auto")
+    .option("--threads <n>", THREADS_HELP)
     .option("--steps <n>", "timed training steps (the median is reported)", "10")
     .addOption(new Option("--warmup <n>", "untimed training steps first").default("2").hideHelp())
     .addOption(

@@ -1,5 +1,5 @@
 import { SingleBar } from "cli-progress";
-import { type CreatedKernels, createKernels } from "../engine/kernels/index.js";
+import { type CreatedKernels, createKernels, KERNEL_BACKENDS } from "../engine/kernels/index.js";
 import { UserError } from "../util/errors.js";
 
 /** Parses an integer flag value, naming the flag in the error. */
@@ -75,9 +75,13 @@ export function progressBar(options: { force?: boolean } = {}): ProgressReporter
 }
 
 /** The kernel backends a `--backend` flag may name. */
-export const BACKENDS = ["auto", "wasm", "plain"] as const;
+export const BACKENDS = KERNEL_BACKENDS;
 /** One of BACKENDS. */
 export type Backend = (typeof BACKENDS)[number];
+/** Help text of every `--backend` option. */
+export const BACKEND_HELP = "kernels: auto (the platform BLAS if found, else WASM SIMD), blas, wasm or plain";
+/** Help text of every `--threads` option. */
+export const THREADS_HELP = "threads of the kernels, BLAS and worker pool together (default: every core)";
 
 /** Validates a `--backend` flag value, naming the flag in the error. */
 export function parseBackend(value: string): Backend {
@@ -86,7 +90,7 @@ export function parseBackend(value: string): Backend {
   return value as Backend;
 }
 
-/** Creates the kernels a `--backend` flag names; a fallback to the plain path is said on stderr. */
+/** Creates the kernels a `--backend` (and `--threads`) flag names; a fallback to the plain path is said on stderr. */
 export function openKernels(backend: string, threads?: number): CreatedKernels {
   const name = parseBackend(backend);
   let kernels: CreatedKernels;

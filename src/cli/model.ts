@@ -5,6 +5,7 @@ import { tokenizerConfigJson } from "../engine/chat.js";
 import { CHECKPOINT_FILES, loadCheckpoint, saveCheckpoint } from "../engine/checkpoint.js";
 import { architectureName, LlamaConfigSchema } from "../engine/config.js";
 import { DEFAULT_INIT_STD, initLlamaTensors } from "../engine/init.js";
+import { autoBackend } from "../engine/kernels/index.js";
 import {
   LIKE_MODELS,
   likeConfig,
@@ -163,6 +164,8 @@ function modelInfo(opts: { model: string; allowNonfinite?: boolean }): void {
       tokenizer_config: ckpt.tokenizerConfigJson !== undefined,
       // Only with --allow-nonfinite can a checkpoint with such values get this far.
       ...(opts.allowNonfinite === true ? { non_finite_values: nonFinite } : {}),
+      // What --backend auto computes on here (the platform BLAS when found).
+      kernels: autoBackend(),
     },
     true,
   );

@@ -9,7 +9,7 @@ import {
 } from "../run/online.js";
 import type { RunReport } from "../run/report.js";
 import { UserError } from "../util/errors.js";
-import { openKernels, parseIntFlag, parseNumberFlag } from "./common.js";
+import { BACKEND_HELP, openKernels, parseIntFlag, parseNumberFlag } from "./common.js";
 import { checkOutputPath } from "./output.js";
 
 /** Adds the flags shared by `iterate`, `demo` and `experiment`, with the given defaults. */
@@ -33,7 +33,7 @@ export function addOnlineFlags(
     .option("--batch-size <n>", "records per optimizer step", String(d.batchSize))
     .option("--epochs <n>", "epochs per iteration", String(d.epochs))
     .option("--max-len <n>", "longest training sequence", String(d.maxLen))
-    .option("--backend <name>", "kernels: auto, wasm or plain", "auto");
+    .option("--backend <name>", BACKEND_HELP, "auto");
 }
 
 /** Parses the shared flags into an experiment configuration (errors name the flag). */

@@ -3,7 +3,14 @@ import { createKernels } from "../engine/kernels/index.js";
 import { LocalPolicy } from "../policy/local.js";
 import type { ChatMessage } from "../policy/types.js";
 import { UserError } from "../util/errors.js";
-import { parseBackend, parseIntFlag, parseNumberFlag, printJson } from "./common.js";
+import {
+  BACKEND_HELP,
+  parseBackend,
+  parseIntFlag,
+  parseNumberFlag,
+  printJson,
+  THREADS_HELP,
+} from "./common.js";
 
 interface SampleOptions {
   model: string;
@@ -86,8 +93,8 @@ export function register(program: Command): void {
     .option("--top-k <n>", "keep the k most likely tokens (0: off)", "0")
     .option("--max-tokens <n>", "most new tokens per sample", "128")
     .option("--stop <text>", "a stop string (repeatable)", (v: string, acc: string[]) => [...acc, v], [])
-    .option("--backend <name>", "kernels: auto (WASM SIMD if built), wasm or plain", "auto")
-    .option("--threads <n>", "kernel threads (default: the CPUs available)")
+    .option("--backend <name>", BACKEND_HELP, "auto")
+    .option("--threads <n>", THREADS_HELP)
     .option("--json", "print JSON with ids, log-probs, finish reasons and usage")
     .addHelpText(
       "after",

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { DEFAULT_MAX_MODEL_LEN, startServer } from "../serve/server.js";
 import { UserError } from "../util/errors.js";
-import { parseIntFlag, parseNumberFlag } from "./common.js";
+import { BACKEND_HELP, parseBackend, parseIntFlag, parseNumberFlag, THREADS_HELP } from "./common.js";
 
 interface ServeFlags {
   model: string;
@@ -31,8 +31,8 @@ export function register(program: Command): void {
     .option("--model-name <name>", "the name clients send as `model` (default: the directory's name)")
     .option("--max-batch <n>", "samples decoded together at most (KV-cache slots)", "32")
     .option("--max-queue <n>", "samples waiting for a slot at most; beyond it requests get 429", "256")
-    .option("--backend <name>", "kernels: auto | wasm | plain", "auto")
-    .option("--threads <n>", "threads of the WASM kernels (default: every core)")
+    .option("--backend <name>", BACKEND_HELP, "auto")
+    .option("--threads <n>", THREADS_HELP)
     .option("--seed <n>", "seeds the requests that carry no seed (default: random)")
     .option("--max-body-bytes <n>", "largest request body; larger ones get 413", String(4 * 1024 * 1024))
     .option(
@@ -67,8 +67,7 @@ Example:
       const maxModelLen =
         flags.maxModelLen === undefined ? undefined : parseIntFlag("--max-model-len", flags.maxModelLen, 2);
       const drainTimeoutMs = 1000 * parseNumberFlag("--drain-timeout", flags.drainTimeout, 0, 86_400);
-      if (flags.backend !== "auto" && flags.backend !== "wasm" && flags.backend !== "plain")
-        throw new UserError(`--backend: expected auto, wasm or plain, got '${flags.backend}'`);
+      const backend = parseBackend(flags.backend);
       const threads = flags.threads === undefined ? undefined : parseIntFlag("--threads", flags.threads, 1);
       const seed = flags.seed === undefined ? undefined : parseIntFlag("--seed", flags.seed, 0);
       if (flags.modelName !== undefined && flags.modelName.trim() === "")
@@ -83,7 +82,7 @@ Example:
         maxBodyBytes,
         drainTimeoutMs,
         ...(maxModelLen === undefined ? {} : { maxModelLen }),
-        backend: flags.backend,
+        backend,
         log,
         ...(flags.modelName === undefined ? {} : { modelName: flags.modelName }),
         ...(threads === undefined ? {} : { threads }),

@@ -21,7 +21,7 @@ import {
   saveTrainerState,
   type TrainerState,
 } from "../engine/checkpoint.js";
-import { createKernels } from "../engine/kernels/index.js";
+import { type BackendChoice, createKernels } from "../engine/kernels/index.js";
 import { loadModelDir } from "../engine/load.js";
 import type { LlamaModel } from "../engine/model.js";
 import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
@@ -56,7 +56,7 @@ export interface SftWorkerData {
   settings: SftRunSettings;
   microBatch: number;
   saveEvery: number;
-  backend: "auto" | "wasm" | "plain";
+  backend: BackendChoice;
   force: boolean;
   /** Sleep after each step (hidden test hook that widens the window for signals). */
   throttleMs: number;

@@ -10,7 +10,14 @@ import type { SftExample } from "../train/sft.js";
 import { UserError } from "../util/errors.js";
 import { readJsonFile } from "../util/fsio.js";
 import { readJsonl } from "../util/jsonl.js";
-import { parseBackend, parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
+import {
+  BACKEND_HELP,
+  parseBackend,
+  parseIntFlag,
+  parseNumberFlag,
+  printJson,
+  progressBar,
+} from "./common.js";
 import { checkOutputPath } from "./output.js";
 import type { SftRunSettings, SftWorkerData, SftWorkerMessage } from "./sft-worker.js";
 
@@ -270,7 +277,7 @@ export function register(program: Command): void {
       "save a resumable checkpoint every n steps (0: only on signals and at the end)",
       "100",
     )
-    .option("--backend <name>", "kernels: auto (WASM SIMD if built), wasm or plain", "auto")
+    .option("--backend <name>", BACKEND_HELP, "auto")
     .option("--force", "start over in --out, discarding a previous run's checkpoints")
     .option("--progress", "draw the progress bar even when stderr is not a terminal")
     .addOption(new Option("--throttle-ms <n>", "sleep after each step (tests)").default("0").hideHelp())

@@ -1,7 +1,7 @@
 import { type Command, Option } from "commander";
 import type { Kernels } from "../engine/kernels/types.js";
 import { offlineTable, rewardModelTable, type TableConfig } from "../run/tables.js";
-import { openKernels, parseIntFlag, parseNumberFlag } from "./common.js";
+import { BACKEND_HELP, openKernels, parseIntFlag, parseNumberFlag } from "./common.js";
 import { checkOutputPath } from "./output.js";
 
 /** The flags both tables take, with the help text and default run directory of one table. */
@@ -65,7 +65,7 @@ export function register(program: Command): void {
     .option("--lr <x>", "peak learning rate", "5e-4")
     .option("--epochs <n>", "epochs", "1")
     .option("--eval-queries <n>", "held-out queries", "70")
-    .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
+    .option("--backend <name>", BACKEND_HELP, "auto")
     .action((o: Record<string, string>) =>
       runTable(o, 16, "offline.md", (shared, kernels, log) =>
         offlineTable(
@@ -100,7 +100,7 @@ export function register(program: Command): void {
     .option("--lr <x>", "peak learning rate", "1e-3")
     .option("--epochs <n>", "epochs", "2")
     .option("--per-subset <n>", "suite rows per subset", "40")
-    .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
+    .option("--backend <name>", BACKEND_HELP, "auto")
     .action((o: Record<string, string>) =>
       runTable(o, 8, "rm.md", (shared, kernels, log) =>
         rewardModelTable(

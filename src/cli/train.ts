@@ -9,7 +9,14 @@ import { LOSS_NAMES, objectiveConfigSchema } from "../sso/objective.js";
 import { readPreferenceRecords } from "../sso/pairs.js";
 import { requiredKeys, scoreRecords, trainPreference } from "../train/preference.js";
 import { UserError } from "../util/errors.js";
-import { openKernels, parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
+import {
+  BACKEND_HELP,
+  openKernels,
+  parseIntFlag,
+  parseNumberFlag,
+  printJson,
+  progressBar,
+} from "./common.js";
 import { checkOutputPath } from "./output.js";
 
 /** Registers `selfsteer train`: offline preference training on a fixed file of records or pairs. */
@@ -37,7 +44,7 @@ export function register(program: Command): void {
     .option("--max-grad-norm <x>", "gradient clipping", "1")
     .option("--seed <n>", "data order seed", "1")
     .option("--save-every <n>", "save a resumable state every n steps", "20")
-    .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
+    .option("--backend <name>", BACKEND_HELP, "auto")
     .action((o: Record<string, string | boolean | undefined>) => {
       checkOutputPath("--out", String(o.out), "dir");
       const s = (k: string) => String(o[k]);

@@ -8,7 +8,14 @@ import { Rng } from "../util/rng.js";
 import { buildSftCorpus, offPolicyPairs } from "../world/corpus.js";
 import { buildRewardBench, REWARDBENCH_SECTIONS } from "../world/rewardbench.js";
 import { evalQueries, trainQueries, type WorldQuery } from "../world/tasks.js";
-import { openKernels, parseIntFlag, parseNumberFlag, printJson, progressBar } from "./common.js";
+import {
+  BACKEND_HELP,
+  openKernels,
+  parseIntFlag,
+  parseNumberFlag,
+  printJson,
+  progressBar,
+} from "./common.js";
 import { checkOutputPath, checkOutputs } from "./output.js";
 
 function jsonl(rows: unknown[]): string {
@@ -57,7 +64,7 @@ export function register(program: Command): void {
     .option("--batch-size <n>", "sequences per step", String(WORLD_BASE_DEFAULTS.batchSize))
     .option("--micro-batch <n>", "sequences per forward pass", String(WORLD_BASE_DEFAULTS.microBatch))
     .option("--save-every <n>", "save a resumable state every n steps", String(WORLD_BASE_DEFAULTS.saveEvery))
-    .option("--backend <name>", "kernels: auto, wasm or plain", "auto")
+    .option("--backend <name>", BACKEND_HELP, "auto")
     .option("--force", "retrain even if --out already holds a finished base")
     .action((o: Record<string, string | boolean | undefined>) => {
       checkOutputPath("--out", String(o.out), "dir");

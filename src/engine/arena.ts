@@ -47,17 +47,11 @@ export class KernelArena {
     plan((n) => dry.take(n));
     const needed = Math.max(dry.offset, 1);
     if (this.buffer === null || needed > this.buffer.length) {
-      releaseBuffer(this.kernels, this.buffer);
+      if (this.buffer !== null) this.kernels.release(this.buffer);
       this.buffer = null;
       this.buffer = this.kernels.alloc(needed);
     }
     const real = new Carver(this.buffer);
     return plan((n) => real.take(n));
   }
-}
-
-/** Returns a buffer to kernels that can reuse memory (the WASM heap); a no-op elsewhere (GC frees it). */
-function releaseBuffer(kernels: Kernels, buffer: Float32Array | null): void {
-  const releasable = kernels as Kernels & { release?: (view: Float32Array) => void };
-  if (buffer !== null && typeof releasable.release === "function") releasable.release(buffer);
 }

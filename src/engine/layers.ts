@@ -8,8 +8,7 @@
  */
 
 import type { RopeScaling } from "./config.js";
-import { elementwiseKernels, type GemmBatchItem, sgemmBatch } from "./kernels/index.js";
-import type { Kernels } from "./kernels/types.js";
+import type { GemmBatchItem, Kernels } from "./kernels/types.js";
 
 /** 2^k for k in [-150, 149], indexed k + 150. */
 const POW2 = Float64Array.from({ length: 300 }, (_, i) => 2 ** (i - 150));
@@ -417,9 +416,9 @@ export function attentionForward(
       weighted.push({ M: len, N: D, K: len, A: p, B: v.subarray(kvOff), C: out.subarray(qOff) });
     }
   }
-  sgemmBatch(kernels, false, true, scale, 0, scores);
+  kernels.sgemmBatch(false, true, scale, 0, scores);
   for (const item of scores) causalSoftmaxInPlace(item.C, item.M, window);
-  sgemmBatch(kernels, false, false, 1, 0, weighted);
+  kernels.sgemmBatch(false, false, 1, 0, weighted);
 }
 
 /** Row-wise softmax of a [len, len] score block over the visible keys of each row, zeroing the rest. */
@@ -495,11 +494,11 @@ export function attentionBackward(
   const dK: GemmBatchItem[][] = Array.from({ length: rep }, () => []);
   let used = 0;
   const flush = (): void => {
-    sgemmBatch(kernels, false, true, 1, 0, dP);
+    kernels.sgemmBatch(false, true, 1, 0, dP);
     for (let i = 0; i < dP.length; i++) softmaxBackwardInPlace(dP[i].C, blocks[i], dP[i].M);
-    for (let r = 0; r < rep; r++) sgemmBatch(kernels, true, false, 1, 1, dV[r]);
-    sgemmBatch(kernels, false, false, scale, 0, dQ);
-    for (let r = 0; r < rep; r++) sgemmBatch(kernels, true, false, scale, 1, dK[r]);
+    for (let r = 0; r < rep; r++) kernels.sgemmBatch(true, false, 1, 1, dV[r]);
+    kernels.sgemmBatch(false, false, scale, 0, dQ);
+    for (let r = 0; r < rep; r++) kernels.sgemmBatch(true, false, scale, 1, dK[r]);
     dP.length = 0;
     blocks.length = 0;
     dQ.length = 0;
@@ -551,7 +550,7 @@ function softmaxBackwardInPlace(ds: Float32Array, p: Float32Array, len: number):
 
 // gu [N, 2I] (gate in columns [0, I), up in [I, 2I)) -> h [N, I] = silu(gate) * up, sig [N, I] =
 // sigmoid(gate). Keeping sig spares backward an exp per element, and h can be rebuilt from it.
-// Given WASM kernels, the three SwiGLU functions run as SIMD loops there (same formulas in fp32; pass
+// Given kernels with element-wise loops (WASM, BLAS on WASM), the three SwiGLU functions run there (same formulas in fp32; pass
 // the same kernels to forward and recompute so they agree bit for bit).
 /** The SwiGLU nonlinearity between the fused gate/up projection and the down projection. */
 export function swigluForward(
@@ -562,7 +561,7 @@ export function swigluForward(
   I: number,
   kernels?: Kernels,
 ): void {
-  const simd = elementwiseKernels(kernels);
+  const simd = kernels?.elementwise;
   if (simd !== undefined) {
     simd.swigluForward(h, sig, gu, N, I);
     return;
@@ -590,7 +589,7 @@ export function swigluRecompute(
   I: number,
   kernels?: Kernels,
 ): void {
-  const simd = elementwiseKernels(kernels);
+  const simd = kernels?.elementwise;
   if (simd !== undefined) {
     simd.swigluRecompute(h, gu, sig, N, I);
     return;
@@ -613,7 +612,7 @@ export function swigluBackward(
   I: number,
   kernels?: Kernels,
 ): void {
-  const simd = elementwiseKernels(kernels);
+  const simd = kernels?.elementwise;
   if (simd !== undefined) {
     simd.swigluBackward(dgu, dh, gu, sig, N, I);
     return;

@@ -19,7 +19,7 @@ import { createServer, type IncomingMessage, type ServerResponse, STATUS_CODES }
 import type { AddressInfo } from "node:net";
 import { basename, resolve as resolvePath } from "node:path";
 import type { Duplex } from "node:stream";
-import { type CreatedKernels, createKernels } from "../engine/kernels/index.js";
+import { type BackendChoice, type CreatedKernels, createKernels } from "../engine/kernels/index.js";
 import { type LoadedModelDir, loadModelDir } from "../engine/load.js";
 import { UserError } from "../util/errors.js";
 import { handleChatCompletions } from "./chat.js";
@@ -52,8 +52,8 @@ export interface ServeOptions {
   /** Samples waiting for a slot at most before requests get 429 (default 256). */
   maxQueue?: number;
   /** Kernels backend when loading modelDir (default auto). */
-  backend?: "auto" | "wasm" | "plain";
-  /** Threads of the WASM kernels (default: every core). */
+  backend?: BackendChoice;
+  /** Threads of the kernels, BLAS and worker pool together (default: every core). */
   threads?: number;
   /** Largest request body in bytes (default 4 MiB); larger ones get 413. */
   maxBodyBytes?: number;
@@ -97,6 +97,7 @@ function openModel(options: ServeOptions, log: (line: string) => void) {
     ...(options.threads === undefined ? {} : { threads: options.threads }),
   });
   if (kernels.warning) log(kernels.warning);
+  log(`kernels: ${kernels.name}${kernels.note === undefined ? "" : ` (${kernels.note})`}`);
   try {
     const loaded = loadModelDir(options.modelDir, { kernels });
     if (!loaded.model.hasLmHead)
@@ -277,7 +278,8 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
     res.on("close", () => {
       if (!res.writableFinished) controller.abort();
     });
-    if (path === "/health" && allow("GET")) return sendJson(res, 200, { status: "ok", ...scheduler.stats() });
+    if (path === "/health" && allow("GET"))
+      return sendJson(res, 200, { status: "ok", kernels: loaded.model.kernels.name, ...scheduler.stats() });
     if (path === "/v1/models" && allow("GET"))
       return sendJson(res, 200, { object: "list", data: [ctx.modelCard()] });
     if (path.startsWith("/v1/models/") && allow("GET")) {

@@ -1,29 +1,47 @@
 import { existsSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
+import { BlasKernels, findBlas } from "./blas.js";
 import { PlainKernels } from "./plain.js";
-import type { Kernels } from "./types.js";
-import { type ElementwiseKernels, type GemmBatchItem, loadKernelsModule, WasmKernels } from "./wasm.js";
+import type { KernelBackend, Kernels } from "./types.js";
+import { loadKernelsModule, WasmKernels } from "./wasm.js";
 import type { WasmModule } from "./webassembly.js";
 
+export type { BlasLibrary, BlasSearch, BlasVendor } from "./blas.js";
+export { BLAS_ENV, BlasKernels, blasCandidates, findBlas } from "./blas.js";
 export { PlainKernels, plainSgemm } from "./plain.js";
-export type { PoolStats } from "./pool.js";
-export type { Kernels } from "./types.js";
-export type { ElementwiseKernels, GemmBatchItem, KernelsExtras, WasmKernelsOptions } from "./wasm.js";
+export type { ElementwiseKernels, GemmBatchItem, KernelBackend, Kernels, PoolStats } from "./types.js";
+export type { WasmKernelsOptions } from "./wasm.js";
 export { WasmKernels } from "./wasm.js";
+
+/** The kernel backends a caller may ask for: auto picks BLAS, else WASM, else plain. */
+export const KERNEL_BACKENDS = ["auto", "blas", "wasm", "plain"] as const;
+/** One of KERNEL_BACKENDS. */
+export type BackendChoice = (typeof KERNEL_BACKENDS)[number];
 
 /** Options of createKernels. */
 export interface CreateKernelsOptions {
-  /** "auto": WASM SIMD when build/kernels.wasm loads here, else plain; "wasm" fails if it cannot. */
-  backend?: "auto" | "wasm" | "plain";
-  /** Threads for the WASM backend, the main thread included (default: every core). */
+  /**
+   * "auto": the platform BLAS (an optimized one) on the WASM memory when both are found, WASM SIMD
+   * when only it loads, the plain loops otherwise; "blas" and "wasm" fail when they cannot load.
+   */
+  backend?: BackendChoice;
+  /**
+   * Threads, the main thread included (default: every core). One setting for everything: the BLAS
+   * library's threads and the WASM worker pool alike, so they never oversubscribe the cores.
+   */
   threads?: number;
   /** Path of the compiled kernels (default: build/kernels.wasm at the package root). */
   wasmPath?: string;
+  /** BLAS library name or path to load instead of the usual ones ("none": no BLAS; default $SELFSTEER_BLAS). */
+  blasLibrary?: string;
 }
 
-/** Kernels as createKernels returns them: `warning` says why "auto" fell back to plain, if it did. */
-export type CreatedKernels = Kernels & { readonly warning?: string };
+/**
+ * Kernels as createKernels returns them: `warning` says why "auto" fell back to the slow plain loops;
+ * `note` says why a faster backend was not used when that is worth a line in a report (no BLAS found).
+ */
+export type CreatedKernels = Kernels & { readonly warning?: string; readonly note?: string };
 
 /** Where `npm run build:wasm` writes the kernels: the package root's build/ (this file is in dist/src/engine/kernels/). */
 export function defaultWasmPath(): string {
@@ -56,44 +74,94 @@ export function kernelsModule(path: string = defaultWasmPath()): WasmModule {
   return module;
 }
 
-/** Creates the engine's kernels: WASM SIMD on a worker pool when available, the plain reference otherwise. */
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** Attaches a one-line note to kernels (see CreatedKernels). */
+function withNote<T extends Kernels>(kernels: T, note: string): T & { readonly note: string } {
+  return Object.defineProperty(kernels, "note", { value: note, enumerable: true }) as T & { note: string };
+}
+
+/**
+ * Creates the engine's kernels: the platform BLAS on the WASM memory when found, WASM SIMD on a worker
+ * pool otherwise, the plain reference as the last resort (see CreateKernelsOptions.backend).
+ */
 export function createKernels(options: CreateKernelsOptions = {}): CreatedKernels {
   const backend = options.backend ?? "auto";
+  if (!(KERNEL_BACKENDS as readonly string[]).includes(backend)) {
+    throw new RangeError(`backend must be one of ${KERNEL_BACKENDS.join(", ")}, got ${String(backend)}`);
+  }
   if (backend === "plain") return new PlainKernels();
   const threads = options.threads ?? availableParallelism();
   if (!Number.isInteger(threads) || threads < 1) {
     throw new RangeError(`threads must be a positive integer, got ${threads}`);
   }
+  const blas = backend === "wasm" ? undefined : findBlas(options.blasLibrary);
+  if (backend === "blas" && blas?.library === undefined) {
+    throw new Error(`BLAS unavailable: ${blas?.reason ?? "not searched"}`);
+  }
+  // auto skips a reference BLAS: the WASM kernels are faster than it.
+  const useBlas =
+    blas?.library !== undefined && (backend === "blas" || blas.library.optimized) ? blas.library : undefined;
+  let wasm: WasmKernels | undefined;
+  let wasmFailure = "";
   try {
-    return new WasmKernels(kernelsModule(options.wasmPath ?? defaultWasmPath()), { threads });
+    wasm = new WasmKernels(kernelsModule(options.wasmPath ?? defaultWasmPath()), { threads });
   } catch (error) {
     // A missing build, a runtime without SIMD or without shared WebAssembly memory.
-    const reason = error instanceof Error ? error.message : String(error);
-    if (backend === "wasm") throw new Error(`WASM kernels unavailable: ${reason}`);
-    return new FallbackKernels(`using plain kernels (slow): ${reason}`);
+    wasmFailure = message(error);
+    if (backend === "wasm") throw new Error(`WASM kernels unavailable: ${wasmFailure}`);
   }
+  if (useBlas !== undefined) {
+    if (wasm !== undefined) return new BlasKernels(wasm, useBlas);
+    // BLAS on JS-heap memory: the element-wise work takes the plain loops.
+    return withNote(
+      new BlasKernels(new PlainKernels(), useBlas, threads),
+      `WASM kernels unavailable (${wasmFailure}): element-wise loops in plain TypeScript`,
+    );
+  }
+  if (wasm !== undefined) {
+    const why =
+      blas?.library !== undefined
+        ? `${blas.library.description} is a reference BLAS, slower than WASM (--backend blas uses it anyway)`
+        : `no BLAS: ${blas?.reason ?? "not searched"}`;
+    return backend === "auto" ? withNote(wasm, why) : wasm;
+  }
+  return new FallbackKernels(`using plain kernels (slow): ${wasmFailure}`);
 }
 
-/**
- * Runs independent products that share transposes and scalars: one thread-pool job on the WASM
- * backend (see KernelsExtras.sgemmBatch), one sgemm per item on any other. Results are the same.
- */
-export function sgemmBatch(
-  kernels: Kernels,
-  transA: boolean,
-  transB: boolean,
-  alpha: number,
-  beta: number,
-  items: readonly GemmBatchItem[],
-): void {
-  if (kernels instanceof WasmKernels) {
-    kernels.sgemmBatch(transA, transB, alpha, beta, items);
-    return;
-  }
-  for (const { M, N, K, A, B, C } of items) kernels.sgemm(transA, transB, M, N, K, alpha, A, B, beta, C);
+/** What `--backend auto` computes on here: the backend, its library or build, and why not a faster one. */
+export interface AutoBackend {
+  backend: KernelBackend;
+  /** "OpenBLAS 0.3.21 Zen (libopenblas.so.0)", "WASM SIMD (build/kernels.wasm)" or "plain TypeScript". */
+  description: string;
+  note?: string;
 }
 
-/** The kernels' WASM SwiGLU loops when the backend has them (WASM), undefined for the plain loops. */
-export function elementwiseKernels(kernels: Kernels | undefined): ElementwiseKernels | undefined {
-  return kernels instanceof WasmKernels && kernels.hasElementwise() ? kernels : undefined;
+/** Says what createKernels({ backend: "auto" }) would pick, without starting any thread (for reports). */
+export function autoBackend(
+  options: Pick<CreateKernelsOptions, "wasmPath" | "blasLibrary"> = {},
+): AutoBackend {
+  const blas = findBlas(options.blasLibrary);
+  let wasmFailure: string | undefined;
+  try {
+    kernelsModule(options.wasmPath ?? defaultWasmPath());
+  } catch (error) {
+    wasmFailure = message(error);
+  }
+  if (blas.library?.optimized === true) {
+    const description = `${blas.library.description} (${blas.library.path})`;
+    return wasmFailure === undefined
+      ? { backend: "blas", description }
+      : { backend: "blas", description, note: `WASM kernels unavailable (${wasmFailure})` };
+  }
+  if (wasmFailure === undefined) {
+    const note =
+      blas.library !== undefined
+        ? `${blas.library.description} is a reference BLAS, slower than WASM`
+        : `no BLAS: ${blas.reason}`;
+    return { backend: "wasm", description: "WASM SIMD (build/kernels.wasm)", note };
+  }
+  return { backend: "plain", description: "plain TypeScript", note: `no BLAS, and ${wasmFailure}` };
 }

@@ -1,13 +1,18 @@
-import type { Kernels } from "./types.js";
+import type { GemmBatchItem, Kernels } from "./types.js";
 
 /** The plain TypeScript kernels: simple, obviously correct loops; the reference for the fast path. */
 export class PlainKernels implements Kernels {
-  readonly name = "plain";
+  readonly name: string = "plain";
+  readonly backend = "plain";
+  readonly threads = 1;
 
   /** Allocates a zero-filled buffer on the JS heap. */
   alloc(length: number): Float32Array {
     return new Float32Array(length);
   }
+
+  /** Nothing to do: the garbage collector frees JS heap buffers. */
+  release(_view: Float32Array): void {}
 
   /** C = alpha * op(A) * op(B) + beta * C (see Kernels.sgemm). */
   sgemm(
@@ -23,6 +28,22 @@ export class PlainKernels implements Kernels {
     C: Float32Array,
   ): void {
     plainSgemm(transA, transB, M, N, K, alpha, A, B, beta, C);
+  }
+
+  /** One sgemm per item (see Kernels.sgemmBatch). */
+  sgemmBatch(
+    transA: boolean,
+    transB: boolean,
+    alpha: number,
+    beta: number,
+    items: readonly GemmBatchItem[],
+  ): void {
+    for (const { M, N, K, A, B, C } of items) plainSgemm(transA, transB, M, N, K, alpha, A, B, beta, C);
+  }
+
+  /** No helper threads: always ready. */
+  waitForWorkers(_timeoutMs?: number): boolean {
+    return true;
   }
 
   /** Nothing to release. */

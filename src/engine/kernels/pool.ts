@@ -8,16 +8,10 @@ import {
   type KernelExports,
   openValue,
 } from "./protocol.js";
+import type { PoolStats } from "./types.js";
 import type { WasmMemory, WasmModule } from "./webassembly.js";
 
-/** Pool counters: parallel calls, those that stalled on a preempted helper, calls run solo as a result. */
-export interface PoolStats {
-  parallelCalls: number;
-  stalledCalls: number;
-  soloCalls: number;
-  /** Total time the main thread waited for helpers after finishing its own chunks. */
-  waitMs: number;
-}
+export type { PoolStats } from "./types.js";
 
 /**
  * Worker threads that help the main thread with sgemm on the kernels' shared memory. `run` opens a job,

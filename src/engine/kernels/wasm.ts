@@ -1,7 +1,8 @@
 import { readFileSync } from "node:fs";
-import { KernelPool, type PoolStats } from "./pool.js";
+import { checkBatch, checkDim, checkLength, checkNoOverlap, type SpaceOf } from "./checks.js";
+import { KernelPool } from "./pool.js";
 import { type GemmJob, JOB_KIND, type KernelExports, runChunk } from "./protocol.js";
-import type { Kernels } from "./types.js";
+import type { ElementwiseKernels, GemmBatchItem, Kernels, PoolStats } from "./types.js";
 import { requireWebAssembly, type WasmMemory, type WasmModule } from "./webassembly.js";
 
 /** Options of the WebAssembly backend. */
@@ -14,62 +15,6 @@ export interface WasmKernelsOptions {
   mainThreadWorks?: boolean;
   /** Upper bound of the shared memory in 64 KiB pages (default: the wasm32 limit, 4 GiB). */
   maxPages?: number;
-}
-
-/** One product of a batch: C = alpha * op(A) * op(B) + beta * C with this item's shape and buffers. */
-export interface GemmBatchItem {
-  M: number;
-  N: number;
-  K: number;
-  A: Float32Array;
-  B: Float32Array;
-  C: Float32Array;
-}
-
-/**
- * SwiGLU on WASM SIMD (see layers.ts swigluForward for shapes); every buffer from alloc(). Results
- * differ from the plain loops by fp32 rounding only; forward and recompute agree bit for bit.
- */
-export interface ElementwiseKernels {
-  /** h [N, I] = silu(gate) * up, sig [N, I] = sigmoid(gate) from gu [N, 2I]. */
-  swigluForward(h: Float32Array, sig: Float32Array, gu: Float32Array, N: number, I: number): void;
-  /** h [N, I] rebuilt from gu and the saved sigmoid. */
-  swigluRecompute(h: Float32Array, gu: Float32Array, sig: Float32Array, N: number, I: number): void;
-  /** dgu [N, 2I] (overwritten) from dh [N, I]. */
-  swigluBackward(
-    dgu: Float32Array,
-    dh: Float32Array,
-    gu: Float32Array,
-    sig: Float32Array,
-    N: number,
-    I: number,
-  ): void;
-}
-
-/** What the WebAssembly backend offers beyond Kernels; callers that know the backend may use it. */
-export interface KernelsExtras extends ElementwiseKernels {
-  /**
-   * Runs independent products sharing transposes and scalars (e.g. every attention head of a layer)
-   * as one job, so the threads share them out; each item's C equals what sgemm would give, bit for bit.
-   * No item's C may overlap another item's A, B or C.
-   */
-  sgemmBatch(
-    transA: boolean,
-    transB: boolean,
-    alpha: number,
-    beta: number,
-    items: readonly GemmBatchItem[],
-  ): void;
-  /** Threads an sgemm may use, the main thread included. */
-  readonly threads: number;
-  /** Returns a buffer from alloc() for reuse; the view (and subarrays of it) must not be used again. */
-  release(view: Float32Array): void;
-  /** Blocks until every worker can take jobs (sgemm never waits for them); false on timeout. */
-  waitForWorkers(timeoutMs?: number): boolean;
-  /** Bytes of the shared memory reserved by allocations now (high-water mark of the bump region). */
-  heapBytes(): number;
-  /** Thread pool counters (parallel, stalled and solo calls, wait time); undefined without workers. */
-  poolStatistics(): PoolStats | undefined;
 }
 
 const PAGE_BYTES = 65536;
@@ -125,9 +70,14 @@ interface FreeBlock {
  * Kernels on AssemblyScript WASM SIMD: one shared WebAssembly.Memory that alloc() carves buffers from,
  * sgemm run in place on those buffers by the main thread plus a pool of worker threads.
  */
-export class WasmKernels implements Kernels, KernelsExtras {
+export class WasmKernels implements Kernels, ElementwiseKernels {
   readonly name: string;
+  readonly backend = "wasm";
   readonly threads: number;
+  /** The SwiGLU loops, when the loaded build/kernels.wasm has them (a build older than them does not). */
+  readonly elementwise: ElementwiseKernels | undefined;
+  /** Every view of this memory is in one address space, whichever growth's buffer it was made on. */
+  readonly spaceOf: SpaceOf = () => this.memory;
   private readonly memory: WasmMemory;
   private readonly kernels: KernelExports;
   private pool: KernelPool | undefined;
@@ -175,6 +125,7 @@ export class WasmKernels implements Kernels, KernelsExtras {
         ? new KernelPool(module, this.memory, this.workspaces.slice(1), options.spinMicros ?? 50)
         : undefined;
     this.name = `wasm-simd x${threads} thread${threads === 1 ? "" : "s"}`;
+    this.elementwise = typeof this.kernels.swigluForward === "function" ? this : undefined;
   }
 
   /** Allocates a zero-filled, 64-byte aligned buffer in the shared memory (grows it when needed). */
@@ -192,7 +143,7 @@ export class WasmKernels implements Kernels, KernelsExtras {
     return view;
   }
 
-  /** Returns a buffer from alloc() for reuse (see KernelsExtras.release). */
+  /** Returns a buffer from alloc() for reuse (see Kernels.release). */
   release(view: Float32Array): void {
     const bytes = this.live.get(view.byteOffset);
     if (!this.buffers.has(view.buffer) || bytes === undefined) {
@@ -222,8 +173,8 @@ export class WasmKernels implements Kernels, KernelsExtras {
     this.checkOperand("B", B, K * N);
     this.checkOperand("C", C, M * N);
     if (M === 0 || N === 0) return;
-    checkNoOverlap("A", A, M * K, C, M * N);
-    checkNoOverlap("B", B, K * N, C, M * N);
+    checkNoOverlap("A", A, M * K, C, M * N, this.spaceOf);
+    checkNoOverlap("B", B, K * N, C, M * N, this.spaceOf);
     const small = transB ? !transA && M <= SMALL_M_NT : M <= SMALL_M_NN;
     const job: GemmJob = {
       kind: small ? JOB_KIND.SMALL : JOB_KIND.PACKED,
@@ -268,7 +219,7 @@ export class WasmKernels implements Kernels, KernelsExtras {
     else pool.run(this.kernels, job, this.workspaces[0], this.mainThreadWorks);
   }
 
-  /** Runs a batch of independent products as one pool job (see KernelsExtras.sgemmBatch). */
+  /** Runs a batch of independent products as one pool job, bit for bit as sgemm (see Kernels.sgemmBatch). */
   sgemmBatch(
     transA: boolean,
     transB: boolean,
@@ -278,25 +229,14 @@ export class WasmKernels implements Kernels, KernelsExtras {
   ): void {
     const count = items.length;
     if (count === 0) return;
+    const macs = checkBatch(
+      items,
+      (label, view, needed) => this.checkOperand(label, view, needed),
+      this.spaceOf,
+    );
     const words = this.batchTableFor(count);
-    const reads: Range[] = [];
-    const writes: Range[] = [];
-    let macs = 0;
     for (let i = 0; i < count; i++) {
       const { M, N, K, A, B, C } = items[i];
-      const where = `item ${i}: `;
-      checkDim(`${where}M`, M);
-      checkDim(`${where}N`, N);
-      checkDim(`${where}K`, K);
-      this.checkOperand(`${where}A`, A, M * K);
-      this.checkOperand(`${where}B`, B, K * N);
-      this.checkOperand(`${where}C`, C, M * N);
-      macs += M * N * K;
-      if (M * N > 0) {
-        writes.push({ start: C.byteOffset, end: C.byteOffset + M * N * 4, item: i });
-        if (M * K > 0) reads.push({ start: A.byteOffset, end: A.byteOffset + M * K * 4, item: i });
-        if (K * N > 0) reads.push({ start: B.byteOffset, end: B.byteOffset + K * N * 4, item: i });
-      }
       const small = transB ? !transA && M <= SMALL_M_NT : M <= SMALL_M_NN;
       const w = i * (this.batchItemBytes / 4);
       words[w] = small ? JOB_KIND.SMALL : JOB_KIND.PACKED;
@@ -310,7 +250,6 @@ export class WasmKernels implements Kernels, KernelsExtras {
       words[w + 8] = C.byteOffset;
       words[w + 9] = N;
     }
-    checkDisjoint(writes, reads);
     const job: GemmJob = {
       kind: JOB_KIND.BATCH,
       transA,
@@ -340,7 +279,7 @@ export class WasmKernels implements Kernels, KernelsExtras {
     }
   }
 
-  /** SwiGLU forward in WASM SIMD (see ElementwiseKernels). */
+  /** SwiGLU forward in WASM SIMD (see ElementwiseKernels; use it through `elementwise`). */
   swigluForward(h: Float32Array, sig: Float32Array, gu: Float32Array, N: number, I: number): void {
     this.checkOperand("h", h, N * I);
     this.checkOperand("sig", sig, N * I);
@@ -372,22 +311,17 @@ export class WasmKernels implements Kernels, KernelsExtras {
     this.kernels.swigluBackward(dgu.byteOffset, dh.byteOffset, gu.byteOffset, sig.byteOffset, N, I);
   }
 
-  /** Whether the loaded build/kernels.wasm has the SwiGLU loops (a build older than them does not). */
-  hasElementwise(): boolean {
-    return typeof this.kernels.swigluForward === "function";
-  }
-
-  /** Blocks until every worker can take jobs; false on timeout (see KernelsExtras). */
+  /** Blocks until every worker can take jobs; false on timeout (see Kernels.waitForWorkers). */
   waitForWorkers(timeoutMs = 10000): boolean {
     return this.pool === undefined ? true : this.pool.waitUntilReady(timeoutMs);
   }
 
-  /** Thread pool counters (see KernelsExtras); undefined without workers. */
+  /** Thread pool counters (see Kernels.poolStatistics); undefined without workers. */
   poolStatistics(): PoolStats | undefined {
     return this.pool?.statistics();
   }
 
-  /** Bytes reserved by allocations now (see KernelsExtras). */
+  /** Bytes reserved by allocations now (see Kernels.heapBytes). */
   heapBytes(): number {
     return this.top;
   }
@@ -409,13 +343,12 @@ export class WasmKernels implements Kernels, KernelsExtras {
     return new Uint32Array(table.buffer, table.byteOffset, floats);
   }
 
-  private checkOperand(label: string, view: Float32Array, needed: number): void {
+  /** Throws unless `view` lies in this memory (from alloc) and holds `needed` floats. */
+  checkOperand(label: string, view: Float32Array, needed: number): void {
     if (!(view instanceof Float32Array) || !this.buffers.has(view.buffer)) {
       throw new Error(`sgemm: ${label} was not allocated by these kernels (use kernels.alloc)`);
     }
-    if (view.length < needed) {
-      throw new RangeError(`sgemm: ${label} has ${view.length} floats, the shape needs ${needed}`);
-    }
+    checkLength(label, view, needed);
   }
 
   private refreshBuffer(): SharedArrayBuffer {
@@ -490,49 +423,4 @@ export class WasmKernels implements Kernels, KernelsExtras {
 
 function roundUp(value: number, multiple: number): number {
   return Math.ceil(value / multiple) * multiple;
-}
-
-function checkDim(label: string, value: number): void {
-  if (!Number.isInteger(value) || value < 0 || value > 0x7fffffff) {
-    throw new RangeError(`sgemm: ${label} must be a non-negative integer, got ${value}`);
-  }
-}
-
-function checkNoOverlap(label: string, X: Float32Array, xLen: number, C: Float32Array, cLen: number): void {
-  if (xLen === 0 || cLen === 0) return;
-  const x0 = X.byteOffset;
-  const c0 = C.byteOffset;
-  if (x0 < c0 + cLen * 4 && c0 < x0 + xLen * 4) {
-    throw new Error(`sgemm: C overlaps ${label}; the output must be a separate buffer`);
-  }
-}
-
-interface Range {
-  start: number;
-  end: number;
-  item: number;
-}
-
-/** Throws if two outputs overlap, or an output overlaps an input (of its own item or another). */
-function checkDisjoint(writes: Range[], reads: Range[]): void {
-  writes.sort((x, y) => x.start - y.start);
-  for (let i = 1; i < writes.length; i++) {
-    if (writes[i].start < writes[i - 1].end) {
-      throw new Error(`sgemmBatch: C of item ${writes[i].item} overlaps C of item ${writes[i - 1].item}`);
-    }
-  }
-  for (const read of reads) {
-    // The last output starting before this input ends is the only one that can overlap it.
-    let lo = 0;
-    let hi = writes.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (writes[mid].start < read.end) lo = mid + 1;
-      else hi = mid;
-    }
-    const candidate = writes[lo - 1];
-    if (candidate !== undefined && candidate.end > read.start) {
-      throw new Error(`sgemmBatch: C of item ${candidate.item} overlaps an input of item ${read.item}`);
-    }
-  }
 }
