@@ -1,12 +1,17 @@
 /**
- * The engine benchmark side by side with its PyTorch peer: for each preset, `selfsteer bench --preset X
- * --json` in a fresh process (so peak RSS is that preset's), then bench/torch_peer.py on the same
- * preset and thread count, then the matmul kernels benchmark if it is built. Prints a table with the
- * ratios against the issue's targets and writes everything to runs/bench/latest.json.
+ * The engine benchmark side by side with its PyTorch peer, in one run: for each thread count and
+ * preset, `selfsteer bench --preset X --json` in a fresh process (so peak RSS is that preset's), then
+ * bench/torch_peer.py on the same preset and thread count; repeats alternate the two sides so both see
+ * the same background load, and each figure is the best over the repeats. Then the BLAS backend
+ * against the same BLAS called from C (bench/blas-vs-c.ts) and the matmul kernels (bench/matmul.ts).
+ * Prints one table per thread count with the ratios against the targets and writes everything to
+ * runs/bench/latest.json.
  *
- * Usage: node dist/bench/run-all.js [--presets S,M,L] [--threads N] [--steps N] [--backend auto|wasm|plain]
- *                                   [--repeat N] [--no-peer] [--no-matmul] [--no-llamacpp]
  * With test/interop installed, bench/llamacpp.ts adds decode speed against llama.cpp.
+ *
+ * Usage: node dist/bench/run-all.js [--presets S,M,L,XL] [--threads 1,2] [--repeat N]
+ *                                   [--backend auto|blas|wasm|plain] [--steps N]
+ *                                   [--no-peer] [--no-matmul] [--no-c] [--no-llamacpp]
  */
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -19,42 +24,42 @@ const root = fileURLToPath(new URL("../../", import.meta.url));
 const PYTHON = "/usr/bin/python3";
 const INSTALL_HINT = "apt-get install -y python3-torch libopenblas0-pthread";
 
-/** Targets of the engine issue: minimum ours/peer ratios and the memory bound. */
-const TARGETS: Record<string, { train: number; generate: number }> = {
-  S: { train: 1.0, generate: 1.0 },
-  M: { train: 1.0, generate: 1.0 },
-  L: { train: 0.5, generate: 1.0 },
-};
-const TRAIN_M_MAX_RSS_MB = 1024;
-const MATMUL_TARGET_GFLOPS = 40;
+/** Targets of the engine issue: ours / PyTorch on the same preset and thread count, at least. */
+const TRAIN_RATIO_TARGET = 1.2;
+const GENERATE_RATIO_TARGET = 1.5;
+/** BLAS through FFI within 10% of the same BLAS called from C. */
+const FFI_RATIO_TARGET = 0.9;
 
 interface Figures {
   trainTokensPerSec: number;
   generateTokensPerSec: number;
   peakRssMB: number;
+  trainPeakRssMB?: number;
   [key: string]: unknown;
 }
 
 interface Args {
   presets: string[];
-  threads: number;
-  steps: string;
+  threads: number[];
+  steps: string | undefined;
   backend: string;
   repeat: number;
   peer: boolean;
   matmul: boolean;
+  c: boolean;
   llamacpp: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
   const args: Args = {
-    presets: ["S", "M", "L"],
-    threads: availableParallelism(),
-    steps: "10",
+    presets: ["S", "M", "L", "XL"],
+    threads: [...new Set([1, Math.min(2, availableParallelism())])],
+    steps: undefined,
     backend: "auto",
-    repeat: 1,
+    repeat: 2,
     peer: true,
     matmul: true,
+    c: true,
     llamacpp: true,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -65,24 +70,31 @@ function parseArgs(argv: string[]): Args {
       return v;
     };
     if (flag === "--presets") args.presets = value().toUpperCase().split(",");
-    else if (flag === "--threads") args.threads = Number(value());
+    else if (flag === "--threads") args.threads = value().split(",").map(Number);
     else if (flag === "--steps") args.steps = value();
     else if (flag === "--backend") args.backend = value();
     else if (flag === "--repeat") args.repeat = Number(value());
     else if (flag === "--no-peer") args.peer = false;
     else if (flag === "--no-matmul") args.matmul = false;
+    else if (flag === "--no-c") args.c = false;
     else if (flag === "--no-llamacpp") args.llamacpp = false;
     else throw new Error(`unknown flag ${flag} (see the usage at the top of bench/run-all.ts)`);
   }
-  if (!Number.isInteger(args.threads) || args.threads < 1)
-    throw new Error("--threads needs a positive integer");
+  if (args.threads.some((t) => !Number.isInteger(t) || t < 1))
+    throw new Error("--threads needs positive integers, comma-separated");
+  if (!Number.isInteger(args.repeat) || args.repeat < 1) throw new Error("--repeat needs a positive integer");
   return args;
 }
 
-/** Runs a command; returns the last stdout line parsed as JSON, or null with the reason on stderr. */
-function runJson(command: string, args: string[], label: string): Figures | null {
+/** Runs a command; returns its stdout parsed as JSON (one document, or the last line), or null. */
+function runJson(command: string, args: string[], label: string, env?: NodeJS.ProcessEnv): Figures | null {
   const started = Date.now();
-  const r = spawnSync(command, args, { cwd: root, encoding: "utf8", maxBuffer: 64 << 20 });
+  const r = spawnSync(command, args, {
+    cwd: root,
+    encoding: "utf8",
+    maxBuffer: 64 << 20,
+    env: env === undefined ? process.env : { ...process.env, ...env },
+  });
   const seconds = ((Date.now() - started) / 1000).toFixed(1);
   if (r.status !== 0) {
     process.stderr.write(`${label}: failed (exit ${r.status ?? r.signal}) after ${seconds} s\n${r.stderr}\n`);
@@ -90,7 +102,6 @@ function runJson(command: string, args: string[], label: string): Figures | null
   }
   process.stderr.write(`${label}: ${seconds} s\n`);
   const text = r.stdout.trim();
-  // torch_peer prints one line; matmul prints one pretty document.
   try {
     return JSON.parse(text) as Figures;
   } catch {
@@ -104,10 +115,12 @@ function best(runs: (Figures | null)[]): Figures | null {
   const done = runs.filter((r): r is Figures => r !== null);
   if (done.length === 0) return null;
   const fastestTrain = done.reduce((a, b) => (b.trainTokensPerSec > a.trainTokensPerSec ? b : a));
+  const trainRss = done.map((r) => r.trainPeakRssMB).filter((v): v is number => typeof v === "number");
   return {
     ...fastestTrain,
     generateTokensPerSec: Math.max(...done.map((r) => r.generateTokensPerSec)),
     peakRssMB: Math.max(...done.map((r) => r.peakRssMB)),
+    ...(trainRss.length > 0 ? { trainPeakRssMB: Math.max(...trainRss) } : {}),
     runs: done.length,
   };
 }
@@ -134,6 +147,21 @@ function mark(value: number | null, target: number, atLeast = true): string {
   return (atLeast ? value >= target : value <= target) ? " ok" : " MISS";
 }
 
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
+  const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i])).join("  ");
+  return `${line(header)}\n${rows.map(line).join("\n")}\n`;
+}
+
+interface Row {
+  preset: string;
+  threads: number;
+  ours: Figures | null;
+  peer: Figures | null;
+  trainRatio: number | null;
+  generateRatio: number | null;
+}
+
 function main(): void {
   const args = parseArgs(process.argv.slice(2));
   const selfsteer = join(root, "bin", "selfsteer");
@@ -142,120 +170,159 @@ function main(): void {
     process.stderr.write(
       `PyTorch peer skipped (${torch.reason}). To compare with it, install Debian's PyTorch:\n  ${INSTALL_HINT}\n`,
     );
-  const rows: {
-    preset: string;
-    ours: Figures | null;
-    peer: Figures | null;
-    trainRatio: number | null;
-    generateRatio: number | null;
-  }[] = [];
-  // Repeats alternate ours and the peer, so both see the same background load; each figure is the
-  // best over the repeats, the usual estimate on a shared machine.
-  const runs: { preset: string; ours: Figures | null; peer: Figures | null }[] = [];
+  const runs: { preset: string; threads: number; ours: Figures | null; peer: Figures | null }[] = [];
   for (let repeat = 0; repeat < args.repeat; repeat++)
-    for (const preset of args.presets) {
-      const tag = args.repeat > 1 ? ` (run ${repeat + 1}/${args.repeat})` : "";
-      const ours = runJson(
-        process.execPath,
-        [
-          selfsteer,
-          "bench",
-          "--preset",
-          preset,
-          "--json",
-          "--threads",
-          String(args.threads),
-          "--steps",
-          args.steps,
-          "--backend",
-          args.backend,
-        ],
-        `selfsteer bench --preset ${preset}${tag}`,
-      );
-      const peer = torch.ok
-        ? runJson(
-            PYTHON,
+    for (const threads of args.threads)
+      for (const preset of args.presets) {
+        const tag = `${threads} thread${threads === 1 ? "" : "s"}${args.repeat > 1 ? `, run ${repeat + 1}/${args.repeat}` : ""}`;
+        const steps = args.steps === undefined ? [] : ["--steps", args.steps];
+        const oursRun = (): Figures | null =>
+          runJson(
+            process.execPath,
             [
-              join(root, "bench", "torch_peer.py"),
+              selfsteer,
+              "bench",
               "--preset",
               preset,
+              "--json",
               "--threads",
-              String(args.threads),
-              "--steps",
-              args.steps,
+              String(threads),
+              "--backend",
+              args.backend,
+              ...steps,
             ],
-            `torch_peer.py --preset ${preset}${tag}`,
-          )
-        : null;
-      runs.push({ preset, ours, peer });
+            `selfsteer bench --preset ${preset} (${tag})`,
+          );
+        const peerRun = (): Figures | null =>
+          torch.ok
+            ? runJson(
+                PYTHON,
+                [
+                  join(root, "bench", "torch_peer.py"),
+                  "--preset",
+                  preset,
+                  "--threads",
+                  String(threads),
+                  ...steps,
+                ],
+                `torch_peer.py --preset ${preset} (${tag})`,
+                // OpenBLAS sizes its own pool by every core unless told; the peer also sets it itself.
+                { OMP_NUM_THREADS: String(threads), OPENBLAS_NUM_THREADS: String(threads) },
+              )
+            : null;
+        // Alternate which side goes first, so neither always meets the other's leftover load.
+        let ours: Figures | null;
+        let peer: Figures | null;
+        if (repeat % 2 === 0) {
+          ours = oursRun();
+          peer = peerRun();
+        } else {
+          peer = peerRun();
+          ours = oursRun();
+        }
+        runs.push({ preset, threads, ours, peer });
+      }
+  const rows: Row[] = [];
+  for (const threads of args.threads)
+    for (const preset of args.presets) {
+      const mine = runs.filter((r) => r.preset === preset && r.threads === threads);
+      const ours = best(mine.map((r) => r.ours));
+      const peer = best(mine.map((r) => r.peer));
+      rows.push({
+        preset,
+        threads,
+        ours,
+        peer,
+        trainRatio: ratio(ours?.trainTokensPerSec, peer?.trainTokensPerSec),
+        generateRatio: ratio(ours?.generateTokensPerSec, peer?.generateTokensPerSec),
+      });
     }
-  for (const preset of args.presets) {
-    const mine = runs.filter((r) => r.preset === preset);
-    const ours = best(mine.map((r) => r.ours));
-    const peer = best(mine.map((r) => r.peer));
-    rows.push({
-      preset,
-      ours,
-      peer,
-      trainRatio: ratio(ours?.trainTokensPerSec, peer?.trainTokensPerSec),
-      generateRatio: ratio(ours?.generateTokensPerSec, peer?.generateTokensPerSec),
-    });
-  }
+
+  const blasVsC = args.c
+    ? runJson(process.execPath, [join(root, "dist", "bench", "blas-vs-c.js")], "blas-vs-c")
+    : null;
   const matmulPath = join(root, "dist", "bench", "matmul.js");
   const matmul =
     args.matmul && existsSync(matmulPath) ? runJson(process.execPath, [matmulPath], "matmul") : null;
 
+  const firstOurs = rows.find((r) => r.ours !== null)?.ours;
+  const firstPeer = rows.find((r) => r.peer !== null)?.peer;
+  process.stdout.write(
+    `\nselfsteer engine vs PyTorch ${torch.ok ? torch.version : "(not run)"} on ${cpus()[0]?.model ?? "unknown CPU"} (${availableParallelism()} cores), best of ${args.repeat} alternating runs\n`,
+  );
+  process.stdout.write(
+    `  ours: ${String(firstOurs?.kernels ?? "?")}: ${String(firstOurs?.backend ?? "?")}\n`,
+  );
+  if (firstPeer !== undefined && firstPeer !== null) {
+    const k = (firstPeer.kernels ?? {}) as Record<string, unknown>;
+    const core =
+      k.openblas === undefined ? "" : `, OpenBLAS ${String(k.openblas)} core ${String(k.openblasCore)}`;
+    process.stdout.write(
+      `  peer: torch BLAS_INFO=${String(k.torchBlas)}, CPU capability ${String(k.cpuCapability)}${core} (${((k.libraries as string[]) ?? []).join(", ")})\n`,
+    );
+  }
   const header = [
     "preset",
     "train tok/s",
     "peer",
     "ratio",
-    "target",
     "generate tok/s",
     "peer",
     "ratio",
-    "target",
-    "RSS MB",
-    "peer RSS",
+    "train RSS MB",
+    "peer",
   ];
-  const table = rows.map((r) => {
-    const target = TARGETS[r.preset] ?? { train: 1, generate: 1 };
-    return [
-      r.preset,
-      cell(r.ours?.trainTokensPerSec),
-      cell(r.peer?.trainTokensPerSec),
-      `${cell(r.trainRatio, 2)}${mark(r.trainRatio, target.train)}`,
-      `>= ${target.train}`,
-      cell(r.ours?.generateTokensPerSec),
-      cell(r.peer?.generateTokensPerSec),
-      `${cell(r.generateRatio, 2)}${mark(r.generateRatio, target.generate)}`,
-      `>= ${target.generate}`,
-      `${cell(r.ours?.peakRssMB, 0)}${r.preset === "M" && r.ours ? mark(r.ours.peakRssMB, TRAIN_M_MAX_RSS_MB, false) : ""}`,
-      cell(r.peer?.peakRssMB, 0),
-    ];
-  });
-  const widths = header.map((h, i) => Math.max(h.length, ...table.map((row) => row[i].length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i])).join("  ");
-  const backend = rows.find((r) => r.ours !== null)?.ours?.backend ?? "?";
-  process.stdout.write(
-    `\nselfsteer engine (${String(backend)}) vs PyTorch ${torch.ok ? torch.version : "(not run)"}, ${args.threads} threads, ${cpus()[0]?.model ?? "unknown CPU"}\n`,
-  );
-  process.stdout.write(`${line(header)}\n${table.map(line).join("\n")}\n`);
-  let matmulGflops: number | null = null;
-  if (matmul !== null) {
-    const results = (matmul.results ?? []) as { shape: string; gflops: Record<string, number> }[];
-    const cube = results.find((r) => r.shape === "512^3 NN");
-    if (cube) {
-      matmulGflops = Math.max(
-        ...Object.entries(cube.gflops)
-          .filter(([k]) => k !== "plain")
-          .map(([, v]) => v),
-      );
-      process.stdout.write(
-        `sgemm 512^3: ${matmulGflops} GFLOP/s (target >= ${MATMUL_TARGET_GFLOPS})${mark(matmulGflops, MATMUL_TARGET_GFLOPS)}\n`,
-      );
-    }
+  for (const threads of args.threads) {
+    process.stdout.write(
+      `\n${threads} thread${threads === 1 ? "" : "s"} (targets: training >= ${TRAIN_RATIO_TARGET}x, generation >= ${GENERATE_RATIO_TARGET}x, XL training memory below the peer's)\n`,
+    );
+    const body = rows
+      .filter((r) => r.threads === threads)
+      .map((r) => {
+        const oursRss = r.ours?.trainPeakRssMB ?? r.ours?.peakRssMB;
+        const peerRss = r.peer?.trainPeakRssMB ?? r.peer?.peakRssMB;
+        const memoryMark =
+          r.preset === "XL" && oursRss !== undefined && peerRss !== undefined
+            ? mark(oursRss, peerRss, false)
+            : "";
+        return [
+          r.preset,
+          cell(r.ours?.trainTokensPerSec),
+          cell(r.peer?.trainTokensPerSec),
+          `${cell(r.trainRatio, 2)}${mark(r.trainRatio, TRAIN_RATIO_TARGET)}`,
+          cell(r.ours?.generateTokensPerSec),
+          cell(r.peer?.generateTokensPerSec),
+          `${cell(r.generateRatio, 2)}${mark(r.generateRatio, GENERATE_RATIO_TARGET)}`,
+          `${cell(oursRss, 0)}${memoryMark}`,
+          cell(peerRss, 0),
+        ];
+      });
+    process.stdout.write(table(header, body));
   }
+  const cResults = (blasVsC?.results ?? []) as {
+    threads: number;
+    n: number;
+    cGflops: number;
+    ffiGflops: number;
+    ratio: number;
+  }[];
+  if (cResults.length > 0) {
+    process.stdout.write(
+      `\nsgemm C = A B^T through the BLAS backend vs ${String(blasVsC?.library)} called from C (target >= ${FFI_RATIO_TARGET})\n`,
+    );
+    process.stdout.write(
+      table(
+        ["threads", "n", "C GFLOP/s", "FFI GFLOP/s", "ratio"],
+        cResults.map((r) => [
+          String(r.threads),
+          String(r.n),
+          cell(r.cGflops),
+          cell(r.ffiGflops),
+          `${cell(r.ratio, 3)}${mark(r.ratio, FFI_RATIO_TARGET)}`,
+        ]),
+      ),
+    );
+  } else if (blasVsC !== null) process.stdout.write(`\nBLAS vs C: skipped (${String(blasVsC.skipped)})\n`);
   const llamacpp = llamaCppPeer(args);
   const summary = {
     date: new Date().toISOString(),
@@ -263,13 +330,17 @@ function main(): void {
     cpu: cpus()[0]?.model ?? null,
     cores: availableParallelism(),
     threads: args.threads,
-    steps: Number(args.steps),
-    peer: torch.ok ? { name: "pytorch", version: torch.version } : { skipped: torch.reason },
     repeat: args.repeat,
+    peer: torch.ok ? { name: "pytorch", version: torch.version } : { skipped: torch.reason },
+    targets: {
+      trainRatio: TRAIN_RATIO_TARGET,
+      generateRatio: GENERATE_RATIO_TARGET,
+      ffiRatio: FFI_RATIO_TARGET,
+    },
     presets: rows,
     runs,
-    targets: { ratios: TARGETS, trainMMaxRssMB: TRAIN_M_MAX_RSS_MB, matmulGflops: MATMUL_TARGET_GFLOPS },
-    matmul: matmul === null ? null : { gflops512: matmulGflops, results: matmul.results },
+    blasVsC,
+    matmul,
     llamacpp,
   };
   const out = join(root, "runs", "bench", "latest.json");
@@ -286,7 +357,9 @@ function llamaCppPeer(args: Args): Figures | null {
       process.stderr.write("llama.cpp peer skipped: run `npm ci --prefix test/interop` to add it\n");
     return null;
   }
-  const flags = ["--threads", String(args.threads), "--repeat", String(Math.max(2, args.repeat)), "--json"];
+  // At the largest thread count of the run.
+  const threads = Math.max(...args.threads);
+  const flags = ["--threads", String(threads), "--repeat", String(Math.max(2, args.repeat)), "--json"];
   const result = runJson(
     process.execPath,
     [join(root, "dist", "bench", "llamacpp.js"), ...flags],

@@ -6,9 +6,12 @@ Generation: batch B, 16-token prompt, greedy decoding with a KV cache up to the 
 tokens/s = batch * new tokens / time. Prints one JSON object per preset.
 
 Needs Debian's python3-torch and libopenblas0-pthread:  apt-get install -y python3-torch libopenblas0-pthread
-Usage: python3 bench/torch_peer.py --preset S [--threads 2] [--steps 10]
+Usage: python3 bench/torch_peer.py --preset S [--threads 2] [--steps 10] [--warmup 2] [--generate-runs 3]
+The thread count governs both torch's intra-op threads and its BLAS library's own threads (OpenBLAS
+keeps a pool of its own, sized by every core unless told otherwise).
 """
 import argparse
+import ctypes
 import json
 import math
 import resource
@@ -21,7 +24,45 @@ PRESETS = {
     "S": dict(vocab=512, hidden=128, inter=512, layers=4, heads=4, kv=4, seq=64, batch=8),
     "M": dict(vocab=2048, hidden=256, inter=1024, layers=4, heads=4, kv=4, seq=128, batch=8),
     "L": dict(vocab=4096, hidden=512, inter=2048, layers=6, heads=8, kv=8, seq=128, batch=8),
+    # Shaped like SmolLM2-135M (random weights), as selfsteer's XL.
+    "XL": dict(vocab=49152, hidden=576, inter=1536, layers=30, heads=9, kv=3, seq=256, batch=2, tied=True),
 }
+
+
+def blas_libraries():
+    """The BLAS/LAPACK-like shared libraries loaded into this process (after importing torch)."""
+    seen = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            name = path.rsplit("/", 1)[-1]
+            if (("blas" in name or "mkl" in name or "blis" in name) and ".so" in name and path not in seen):
+                seen.append(path)
+    return seen
+
+
+def blas_info(threads):
+    """Which BLAS torch's products run in, with OpenBLAS's core type; sets its thread count too."""
+    config = torch.__config__.show()
+    info = {"torchBlas": next((part.split("=", 1)[1] for part in config.replace(",", " ").split()
+                               if part.startswith("BLAS_INFO=")), "unknown"),
+            "cpuCapability": next((line.split(":", 1)[1].strip() for line in config.splitlines()
+                                   if "CPU capability usage" in line), "unknown"),
+            "libraries": blas_libraries()}
+    for path in info["libraries"]:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        if hasattr(lib, "openblas_get_corename"):
+            lib.openblas_get_corename.restype = ctypes.c_char_p
+            lib.openblas_get_config.restype = ctypes.c_char_p
+            info["openblas"] = lib.openblas_get_config().decode().split(" ")[1]
+            info["openblasCore"] = lib.openblas_get_corename().decode()
+            lib.openblas_set_num_threads(threads)
+            info["openblasThreads"] = lib.openblas_get_num_threads()
+            break
+    return info
 
 
 class RMSNorm(torch.nn.Module):
@@ -99,6 +140,8 @@ class Llama(torch.nn.Module):
         for prm in self.parameters():
             if prm.dim() == 2:
                 torch.nn.init.normal_(prm, std=0.02)
+        if p.get("tied", False):
+            self.head.weight = self.embed.weight
 
     def forward(self, ids, start=0, caches=None):
         t = ids.shape[1]
@@ -110,19 +153,19 @@ class Llama(torch.nn.Module):
         return self.head(self.norm(x))
 
 
-def bench_train(model, p, steps):
+def bench_train(model, p, steps, warmup):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, p["vocab"], (p["batch"], p["seq"] + 1), generator=g)
     times = []
-    for i in range(steps + 2):
+    for i in range(steps + warmup):
         t0 = time.perf_counter()
         logits = model(ids[:, :-1])
         loss = F.cross_entropy(logits.reshape(-1, p["vocab"]), ids[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i >= 2:  # the first steps warm up allocators and caches
+        if i >= warmup:  # the first steps warm up allocators and caches
             times.append(time.perf_counter() - t0)
     times.sort()
     return p["batch"] * p["seq"] / times[len(times) // 2]
@@ -150,18 +193,28 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", choices=sorted(PRESETS), required=True)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=None, help="default 10, XL 3 (as selfsteer bench)")
+    ap.add_argument("--warmup", type=int, default=None, help="default 2, XL 1")
+    ap.add_argument("--generate-runs", type=int, default=None, help="default 3, XL 2")
     args = ap.parse_args()
+    xl = args.preset == "XL"
+    steps = args.steps if args.steps is not None else (3 if xl else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if xl else 2)
+    runs = args.generate_runs if args.generate_runs is not None else (2 if xl else 3)
     torch.set_num_threads(args.threads)
+    kernels = blas_info(args.threads)
     torch.manual_seed(0)
     p = PRESETS[args.preset]
     model = Llama(p)
-    train_tps = bench_train(model, p, args.steps)
-    gen_tps = bench_generate(model, p, 3)
+    params = sum(prm.numel() for prm in model.parameters())
+    train_tps = bench_train(model, p, steps, warmup)
+    train_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gen_tps = bench_generate(model, p, runs)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"peer": "pytorch", "version": torch.__version__, "threads": args.threads,
-                      "preset": args.preset, "trainTokensPerSec": round(train_tps, 1),
-                      "generateTokensPerSec": round(gen_tps, 1), "peakRssMB": round(rss_mb, 1)}))
+                      "preset": args.preset, "parameters": params, "kernels": kernels,
+                      "trainTokensPerSec": round(train_tps, 1), "generateTokensPerSec": round(gen_tps, 1),
+                      "trainPeakRssMB": round(train_rss_mb, 1), "peakRssMB": round(rss_mb, 1)}))
 
 
 if __name__ == "__main__":
