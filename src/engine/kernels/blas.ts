@@ -239,6 +239,11 @@ function firstLine(error: unknown): string {
 export type HostKernels = Kernels & {
   checkOperand?(label: string, view: Float32Array, needed: number): void;
   readonly spaceOf?: SpaceOf;
+  /**
+   * Products the host computes better than BLAS: a few rows against a weight matrix (decoding), which
+   * only stream memory; BLAS would first copy (pack) the whole weight matrix, reading it twice.
+   */
+  prefersSmallProduct?(transA: boolean, transB: boolean, M: number): boolean;
 };
 
 /**

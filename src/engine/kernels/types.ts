@@ -45,8 +45,8 @@ export interface Kernels {
 
   /**
    * Runs independent products sharing transposes and scalars (e.g. every attention head of a layer); a
-   * backend may share them out over its threads. Each item's C equals what sgemm gives on the same
-   * backend. No item's C may overlap another item's A, B or C.
+   * backend may share them out over its threads. Each item's C equals what sgemm gives within fp32
+   * rounding (bit for bit on the WASM backend). No item's C may overlap another item's A, B or C.
    */
   sgemmBatch(
     transA: boolean,

@@ -28,6 +28,11 @@ const ALIGN = 64;
  */
 const SMALL_M_NT = 16;
 const SMALL_M_NN = 8;
+
+/** Whether the WASM kernels take their unpacked small-row path for this product (see SMALL_M_NT). */
+export function isSmallProduct(transA: boolean, transB: boolean, M: number): boolean {
+  return transB ? !transA && M <= SMALL_M_NT : M <= SMALL_M_NN;
+}
 /** Below this many multiply-adds, waking workers costs more than it saves. */
 const PARALLEL_MIN_MACS = 1 << 18;
 /**
@@ -175,7 +180,7 @@ export class WasmKernels implements Kernels, ElementwiseKernels {
     if (M === 0 || N === 0) return;
     checkNoOverlap("A", A, M * K, C, M * N, this.spaceOf);
     checkNoOverlap("B", B, K * N, C, M * N, this.spaceOf);
-    const small = transB ? !transA && M <= SMALL_M_NT : M <= SMALL_M_NN;
+    const small = isSmallProduct(transA, transB, M);
     const job: GemmJob = {
       kind: small ? JOB_KIND.SMALL : JOB_KIND.PACKED,
       transA,
@@ -237,7 +242,7 @@ export class WasmKernels implements Kernels, ElementwiseKernels {
     const words = this.batchTableFor(count);
     for (let i = 0; i < count; i++) {
       const { M, N, K, A, B, C } = items[i];
-      const small = transB ? !transA && M <= SMALL_M_NT : M <= SMALL_M_NN;
+      const small = isSmallProduct(transA, transB, M);
       const w = i * (this.batchItemBytes / 4);
       words[w] = small ? JOB_KIND.SMALL : JOB_KIND.PACKED;
       words[w + 1] = M;
@@ -341,6 +346,11 @@ export class WasmKernels implements Kernels, ElementwiseKernels {
     }
     const table = this.batchTable;
     return new Uint32Array(table.buffer, table.byteOffset, floats);
+  }
+
+  /** Whether this backend's unpacked small-row path takes the product (BLAS hands those to it). */
+  prefersSmallProduct(transA: boolean, transB: boolean, M: number): boolean {
+    return isSmallProduct(transA, transB, M);
   }
 
   /** Throws unless `view` lies in this memory (from alloc) and holds `needed` floats. */
