@@ -7,12 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
+import { fileURLToPath } from "node:url";
 import { type LlamaConfig, LlamaConfigSchema } from "../src/engine/config.js";
 import { type Kernels, PlainKernels } from "../src/engine/kernels/index.js";
 import { attentionBackward, attentionForward } from "../src/engine/layers.js";
 import { LlamaModel, type TokenBatch } from "../src/engine/model.js";
 import { Rng } from "../src/util/rng.js";
 import { FAST_BACKENDS, kernelsOf } from "./helpers/backends.js";
+import { fails, ok } from "./helpers/cli.js";
 
 const plain = new PlainKernels();
 const opened: Kernels[] = [];
@@ -184,3 +186,21 @@ for (const backend of FAST_BACKENDS) {
     }
   });
 }
+
+test("model info says what --backend auto computes on; --backend names a backend or exits 2", () => {
+  const base = fileURLToPath(new URL("../../assets/world-base", import.meta.url));
+  const info = JSON.parse(ok("model", "info", "--model", base));
+  const blas = FAST_BACKENDS.find((b) => b.name === "blas");
+  assert.equal(info.kernels.backend, blas?.skip === false ? "blas" : "wasm");
+  assert.equal(typeof info.kernels.description, "string");
+  fails(
+    ["--backend", "auto, blas, wasm, plain", "'gpu'"],
+    "logprobs",
+    "--model",
+    base,
+    "--ids",
+    base,
+    "--backend",
+    "gpu",
+  );
+});

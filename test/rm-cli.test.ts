@@ -233,7 +233,7 @@ test("bad input exits 2 naming the file, line and field", () => {
   fails([`${notJson}:2: invalid JSON`], "rm", "score", "--model", rm, "--data", notJson);
   fails([`${policy}: not a reward model`], "rm", "eval", "--model", policy, "--data", rewardBench);
   fails(
-    ["--backend: expected one of auto, wasm, plain"],
+    ["--backend: expected one of auto, blas, wasm, plain"],
     "rm",
     "eval",
     "--model",
