@@ -100,7 +100,9 @@ test("a miniature online run finishes, reports every metric, and resumes to the 
       }),
       Stop,
     );
-    assert.ok(existsSync(join(stepped.runDir, "sso", "iter-2", "partial", "trainer_state.json")));
+    assert.ok(
+      existsSync(join(stepped.runDir, "sso", "iter-2", "model", "checkpoint-1", "trainer_state.json")),
+    );
     const resumed = await runOnline(new OnlineSession(base, kernels), stepped);
     assert.deepEqual(resumed, rows);
   } finally {

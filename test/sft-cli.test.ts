@@ -140,7 +140,7 @@ test("sft trains to --out in HF layout with a JSON summary, and the loss goes do
   const state = loadTrainerState(reference);
   assert.equal(state?.step, 12);
   assert.equal(state?.optimizer.step, 12);
-  const log = readFileSync(join(reference, "sft_log.jsonl"), "utf8")
+  const log = readFileSync(join(reference, "metrics.jsonl"), "utf8")
     .trim()
     .split("\n")
     .map((l) => JSON.parse(l));
@@ -197,7 +197,7 @@ test("SIGINT saves after the current step and exits 130; rerunning resumes to th
   assert.equal(resumed.lastLoss, referenceSummary.lastLoss);
   assert.deepEqual(bytes(out, "model.safetensors"), bytes(reference, "model.safetensors"));
   assert.deepEqual(bytes(out, "optimizer.safetensors"), bytes(reference, "optimizer.safetensors"));
-  const log = readFileSync(join(out, "sft_log.jsonl"), "utf8")
+  const log = readFileSync(join(out, "metrics.jsonl"), "utf8")
     .trim()
     .split("\n")
     .map((l) => JSON.parse(l));
@@ -246,7 +246,7 @@ test("rerunning a finished run reports it complete and changes nothing; other se
     "plain",
   );
   assert.equal(other.status, 2, other.stderr);
-  assert.match(other.stderr, /holds a run with seed 0, this command has 9/);
+  assert.match(other.stderr, /holds a sft run started with --seed 0, this command has 9; .*--restart/);
   const foreign = selfsteer("sft", "--model", base, "--out", base, ...runFlags);
   assert.equal(foreign.status, 2);
   assert.match(foreign.stderr, /--out: must differ from --model/);
@@ -254,7 +254,7 @@ test("rerunning a finished run reports it complete and changes nothing; other se
   saveCheckpoint(existing, loadCheckpointContents(base));
   const clash = selfsteer("sft", "--model", base, "--out", existing, ...runFlags, "--backend", "plain");
   assert.equal(clash.status, 2);
-  assert.match(clash.stderr, /already holds a checkpoint that is not from an sft run/);
+  assert.match(clash.stderr, /already holds files that are not from a sft run .*--restart/);
 });
 
 function loadCheckpointContents(dir: string): Parameters<typeof saveCheckpoint>[1] {

@@ -6,7 +6,8 @@ import { type Command, Option } from "commander";
 import { z } from "zod";
 import { CHECKPOINT_FILES } from "../engine/checkpoint.js";
 import { LlamaConfigSchema } from "../engine/config.js";
-import type { SftExample } from "../train/sft.js";
+import { METRIC } from "../train/loop.js";
+import type { SftExample, SftRunSettings } from "../train/sft.js";
 import { UserError } from "../util/errors.js";
 import { readJsonFile } from "../util/fsio.js";
 import { readJsonl } from "../util/jsonl.js";
@@ -19,7 +20,7 @@ import {
   progressBar,
 } from "./common.js";
 import { checkOutputPath } from "./output.js";
-import type { SftRunSettings, SftWorkerData, SftWorkerMessage } from "./sft-worker.js";
+import type { SftWorkerData, SftWorkerMessage } from "./sft-worker.js";
 
 interface SftFlags {
   model: string;
@@ -37,6 +38,7 @@ interface SftFlags {
   saveEvery: string;
   backend: string;
   force?: boolean;
+  restart?: boolean;
   progress?: boolean;
   throttleMs: string;
 }
@@ -109,12 +111,12 @@ async function sft(flags: SftFlags): Promise<void> {
     );
   const { examples, sha256 } = readExamples(flags.data);
   const settings: SftRunSettings = {
-    model: modelDir,
     dataSha256: sha256,
     examples: examples.length,
     epochs,
     lr,
     batchSize,
+    microBatch,
     maxLen,
     warmupRatio,
     weightDecay,
@@ -125,12 +127,12 @@ async function sft(flags: SftFlags): Promise<void> {
   const stop = new SharedArrayBuffer(4);
   const data: SftWorkerData = {
     out,
+    modelDir,
     examples,
     settings,
-    microBatch,
     saveEvery,
     backend,
-    force: flags.force === true,
+    force: flags.force === true || flags.restart === true,
     throttleMs,
     stop,
   };
@@ -182,7 +184,7 @@ async function sft(flags: SftFlags): Promise<void> {
           case "step": {
             const { info } = message;
             losses.push(info.loss);
-            tokens += info.tokens;
+            tokens += info.metrics[METRIC.tokens] ?? 0;
             lastStep = info.step + 1;
             const seconds = (performance.now() - started) / 1000;
             bar.update(lastStep - startStep, {
@@ -222,6 +224,10 @@ async function sft(flags: SftFlags): Promise<void> {
   if (done === null) throw new Error("the training worker exited without a result");
   const seconds = started > 0 ? (performance.now() - started) / 1000 : 0;
   const interrupted = !done.complete;
+  if (done.alreadyComplete)
+    process.stderr.write(
+      `selfsteer: ${flags.out} already complete (step ${done.step}/${totalSteps}); nothing to do (--restart trains again)\n`,
+    );
   printJson({
     out: flags.out,
     model: flags.model,
@@ -278,7 +284,8 @@ export function register(program: Command): void {
       "100",
     )
     .option("--backend <name>", BACKEND_HELP, "auto")
-    .option("--force", "start over in --out, discarding a previous run's checkpoints")
+    .option("--restart", "start over in --out, discarding what an earlier run left there")
+    .addOption(new Option("--force", "the same as --restart").hideHelp())
     .option("--progress", "draw the progress bar even when stderr is not a terminal")
     .addOption(new Option("--throttle-ms <n>", "sleep after each step (tests)").default("0").hideHelp())
     .addHelpText(

@@ -1,13 +1,9 @@
-import { existsSync, rmSync } from "node:fs";
-import { join } from "node:path";
 import { type Command, Option } from "commander";
-import { tokenizerConfigJson } from "../engine/chat.js";
-import { loadCheckpoint, loadTrainerState, saveCheckpoint, saveTrainerState } from "../engine/checkpoint.js";
 import { loadModelDir } from "../engine/load.js";
-import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import { LOSS_NAMES, objectiveConfigSchema } from "../sso/objective.js";
 import { readPreferenceRecords } from "../sso/pairs.js";
-import { requiredKeys, scoreRecords, trainPreference } from "../train/preference.js";
+import { METRIC } from "../train/loop.js";
+import { requiredKeys, runPreferenceTraining, scoreRecords } from "../train/preference.js";
 import { UserError } from "../util/errors.js";
 import {
   BACKEND_HELP,
@@ -44,6 +40,7 @@ export function register(program: Command): void {
     .option("--max-grad-norm <x>", "gradient clipping", "1")
     .option("--seed <n>", "data order seed", "1")
     .option("--save-every <n>", "save a resumable state every n steps", "20")
+    .option("--restart", "discard what --out holds from an earlier run and start over")
     .option("--backend <name>", BACKEND_HELP, "auto")
     .action((o: Record<string, string | boolean | undefined>) => {
       checkOutputPath("--out", String(o.out), "dir");
@@ -57,80 +54,64 @@ export function register(program: Command): void {
       const records = readPreferenceRecords(s("data"), sso);
       if (records.length === 0) throw new UserError(`${s("data")}: no records`);
       const out = s("out");
-      const partial = join(out, "partial");
+      const options = {
+        maxLen: parseIntFlag("--max-len", s("maxLen"), 8),
+        microBatch: parseIntFlag("--micro-batch", s("microBatch"), 1),
+        objective,
+        batchSize: parseIntFlag("--batch-size", s("batchSize"), 1),
+        epochs: parseIntFlag("--epochs", s("epochs"), 1),
+        peakLr: parseNumberFlag("--lr", s("lr"), 0),
+        warmupRatio: parseNumberFlag("--warmup-ratio", s("warmupRatio"), 0, 1),
+        maxGradNorm: parseNumberFlag("--max-grad-norm", s("maxGradNorm"), 0),
+        seed: parseIntFlag("--seed", s("seed"), 0),
+      };
+      const weightDecay = parseNumberFlag("--weight-decay", s("weightDecay"), 0);
+      const saveEvery = parseIntFlag("--save-every", s("saveEvery"), 1);
       const kernels = openKernels(s("backend"));
       try {
         const { model, tokenizer } = loadModelDir(s("model"), { kernels, scoreHead: false });
-        const seqOptions = {
-          maxLen: parseIntFlag("--max-len", s("maxLen"), 8),
-          microBatch: parseIntFlag("--micro-batch", s("microBatch"), 1),
-        };
-        // The reference is the starting policy, scored once before any update.
-        const reference = ["dpo", "ipo", "hinge"].includes(objective.loss)
-          ? scoreRecords(model, tokenizer, records, requiredKeys(objective), seqOptions)
-          : null;
-        const optimizer = new AdamW(model.params.length, {
-          weightDecay: parseNumberFlag("--weight-decay", s("weightDecay"), 0),
-          decayMask: decayMaskFromSpecs(model.specs),
-        });
-        let startStep = 0;
-        const state = existsSync(partial) ? loadTrainerState(partial) : null;
-        if (state !== null) {
-          model.loadTensors(loadCheckpoint(partial, { scoreHead: false }).tensors.values());
-          optimizer.importState(state.optimizer);
-          startStep = state.step;
-        }
-        const save = (dir: string) =>
-          saveCheckpoint(dir, {
-            config: model.config,
-            tensors: model.namedTensors(),
-            tokenizerJson: tokenizer.toJSON(),
-            tokenizerConfigJson: tokenizerConfigJson(tokenizer),
-          });
-        const saveEvery = parseIntFlag("--save-every", s("saveEvery"), 1);
         const bar = progressBar();
-        let started = false;
-        const log = trainPreference(
-          model,
-          tokenizer,
-          optimizer,
-          records,
-          reference,
+        const result = runPreferenceTraining(
           {
-            ...seqOptions,
-            objective,
-            batchSize: parseIntFlag("--batch-size", s("batchSize"), 1),
-            epochs: parseIntFlag("--epochs", s("epochs"), 1),
-            peakLr: parseNumberFlag("--lr", s("lr"), 0),
-            warmupRatio: parseNumberFlag("--warmup-ratio", s("warmupRatio"), 0, 1),
-            maxGradNorm: parseNumberFlag("--max-grad-norm", s("maxGradNorm"), 0),
-            seed: parseIntFlag("--seed", s("seed"), 0),
-            startStep,
+            out,
+            restart: o.restart === true,
+            restartHint: "pass --restart",
+            model,
+            tokenizer,
+            records,
+            options,
+            weightDecay,
+            saveEvery,
+            // The reference is the starting policy, scored once before any update.
+            reference: () =>
+              ["dpo", "ipo", "hinge"].includes(objective.loss)
+                ? scoreRecords(model, tokenizer, records, requiredKeys(objective), options)
+                : null,
           },
-          (info) => {
-            if (!started) {
-              bar.start(info.totalSteps, "train");
-              started = true;
-            }
-            bar.update(info.step + 1, {
-              loss: info.loss.toFixed(4),
-              acc: (info.metrics["rewards/accuracies"] ?? 0).toFixed(2),
-            });
-            if ((info.step + 1) % saveEvery === 0 && info.step + 1 < info.totalSteps) {
-              save(partial);
-              saveTrainerState(partial, { step: info.step + 1, optimizer: optimizer.exportState() });
-            }
+          {
+            onStart: ({ startStep, totalSteps }) => {
+              bar.start(totalSteps, "train");
+              bar.update(startStep);
+            },
+            onStep: (info) =>
+              bar.update(info.step + 1, {
+                loss: info.loss.toFixed(4),
+                acc: (info.metrics[METRIC.rewardsAccuracies] ?? 0).toFixed(2),
+              }),
           },
         );
         bar.stop();
-        save(out);
-        rmSync(partial, { recursive: true, force: true });
-        const last = log[log.length - 1];
+        if (result.alreadyComplete)
+          process.stderr.write(
+            `selfsteer: ${out} already complete; nothing to do (--restart trains again)\n`,
+          );
+        const last = result.records[result.records.length - 1];
         printJson({
           out,
           records: records.length,
           objective,
-          steps: startStep + log.length,
+          steps: result.step,
+          alreadyComplete: result.alreadyComplete,
           finalLoss: last?.loss ?? null,
           finalMetrics: last?.metrics ?? null,
         });

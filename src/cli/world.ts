@@ -1,7 +1,8 @@
-import { existsSync, rmSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { type Command, Option } from "commander";
-import { trainWorldBase, WORLD_BASE_DEFAULTS, type WorldBaseOptions } from "../run/base.js";
+import { trainWorldBase, WORLD_BASE_DEFAULTS, WORLD_BASE_FILE, type WorldBaseOptions } from "../run/base.js";
+import { METRIC } from "../train/loop.js";
 import { UserError } from "../util/errors.js";
 import { writeFileAtomic } from "../util/fsio.js";
 import { Rng } from "../util/rng.js";
@@ -65,7 +66,8 @@ export function register(program: Command): void {
     .option("--micro-batch <n>", "sequences per forward pass", String(WORLD_BASE_DEFAULTS.microBatch))
     .option("--save-every <n>", "save a resumable state every n steps", String(WORLD_BASE_DEFAULTS.saveEvery))
     .option("--backend <name>", BACKEND_HELP, "auto")
-    .option("--force", "retrain even if --out already holds a finished base")
+    .option("--restart", "discard what --out holds from an earlier run and train from scratch")
+    .addOption(new Option("--force", "the same as --restart").hideHelp())
     .action((o: Record<string, string | boolean | undefined>) => {
       checkOutputPath("--out", String(o.out), "dir");
       const str = (k: string) => String(o[k]);
@@ -89,33 +91,43 @@ export function register(program: Command): void {
         maxGradNorm: WORLD_BASE_DEFAULTS.maxGradNorm,
         saveEvery: parseIntFlag("--save-every", str("saveEvery"), 1),
       };
-      const marker = join(options.out, "world_base.json");
-      if (existsSync(marker) && o.force !== true) {
+      const restart = o.force === true || o.restart === true;
+      // A base trained before run directories existed has world_base.json but no run.json.
+      if (
+        existsSync(join(options.out, WORLD_BASE_FILE)) &&
+        !existsSync(join(options.out, "run.json")) &&
+        !restart
+      ) {
         process.stderr.write(
-          `world sft: ${options.out} already holds a trained base (use --force to retrain)\n`,
+          `world sft: ${options.out} already holds a trained base (use --restart to retrain)\n`,
         );
         return;
       }
-      if (o.force === true) rmSync(marker, { force: true });
       const kernels = openKernels(str("backend"));
       const bar = progressBar();
       let started = false;
       let tokens = 0;
       const t0 = Date.now();
       try {
-        const result = trainWorldBase(options, kernels, (info) => {
-          if (!started) {
-            bar.start(info.totalSteps, "world sft");
-            started = true;
-          }
-          tokens += info.tokens;
-          bar.update(info.step + 1, {
-            loss: info.loss.toFixed(3),
-            "tok/s": Math.round(tokens / Math.max(1e-3, (Date.now() - t0) / 1000)),
-          });
-        });
+        const result = trainWorldBase(
+          options,
+          kernels,
+          (record) => {
+            if (!started) {
+              bar.start(record.totalSteps, "world sft");
+              started = true;
+            }
+            tokens += record.metrics[METRIC.tokens] ?? 0;
+            bar.update(record.step + 1, {
+              loss: record.loss.toFixed(3),
+              "tok/s": Math.round(tokens / Math.max(1e-3, (Date.now() - t0) / 1000)),
+            });
+          },
+          restart,
+        );
         bar.stop();
-        rmSync(join(options.out, "partial"), { recursive: true, force: true });
+        if (result.alreadyComplete)
+          process.stderr.write(`world sft: ${options.out} already complete (use --restart to retrain)\n`);
         printJson({ out: options.out, ...result, seconds: (Date.now() - t0) / 1000, backend: kernels.name });
       } finally {
         bar.stop();

@@ -308,29 +308,41 @@ const TrainerStateFileSchema = z.object({
 });
 
 /**
- * Writes trainer_state.json and optimizer.safetensors (Adam's exp_avg and exp_avg_sq as flat F32
- * tensors). The moments go first and the JSON last, and each names the optimizer step, so a
- * half-finished save is detected on load rather than resumed from mismatched files.
+ * The two files of a trainer state: optimizer.safetensors (Adam's exp_avg and exp_avg_sq as flat F32
+ * tensors, the optimizer step in the metadata) and the trainer_state.json object naming that step.
  */
-export function saveTrainerState(dir: string, state: TrainerState): void {
+export function trainerStateFiles(state: TrainerState): {
+  optimizerBytes: Uint8Array;
+  stateJson: Record<string, unknown>;
+} {
   const { m, v, step } = state.optimizer;
   if (m.length !== v.length)
     throw new Error(`saveTrainerState: m has ${m.length} entries, v has ${v.length}`);
-  const bytes = writeSafetensors(
+  const optimizerBytes = writeSafetensors(
     [
       { name: "exp_avg", shape: [m.length], data: m },
       { name: "exp_avg_sq", shape: [v.length], data: v },
     ],
     { step: String(step) },
   );
-  writeFileAtomic(join(dir, CHECKPOINT_FILES.optimizer), bytes);
   const json: z.infer<typeof TrainerStateFileSchema> = {
     format: TRAINER_STATE_FORMAT,
     global_step: state.step,
     optimizer: { type: "adamw", step, size: m.length, file: CHECKPOINT_FILES.optimizer },
   };
   if (state.extra !== undefined) json.extra = state.extra;
-  writeJsonAtomic(join(dir, CHECKPOINT_FILES.trainerState), json);
+  return { optimizerBytes, stateJson: json };
+}
+
+/**
+ * Writes trainer_state.json and optimizer.safetensors. The moments go first and the JSON last, and
+ * each names the optimizer step, so a half-finished save is detected on load rather than resumed from
+ * mismatched files.
+ */
+export function saveTrainerState(dir: string, state: TrainerState): void {
+  const { optimizerBytes, stateJson } = trainerStateFiles(state);
+  writeFileAtomic(join(dir, CHECKPOINT_FILES.optimizer), optimizerBytes);
+  writeJsonAtomic(join(dir, CHECKPOINT_FILES.trainerState), stateJson);
 }
 
 /** Reads the state saveTrainerState wrote; null when the directory has none (a fresh start). */

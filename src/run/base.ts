@@ -4,17 +4,15 @@
  * the system prompt about as often as the corpus does, and without one it behaves well only at the
  * corpus's base rate, which is what SSO has to improve without seeing the gold scores.
  */
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { tokenizerConfigJson } from "../engine/chat.js";
-import { loadCheckpoint, loadTrainerState, saveCheckpoint, saveTrainerState } from "../engine/checkpoint.js";
 import { LlamaConfigSchema } from "../engine/config.js";
 import type { Kernels } from "../engine/kernels/types.js";
 import { LlamaModel } from "../engine/model.js";
 import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import { BpeTokenizer } from "../engine/tokenizer.js";
-import { type SftStepInfo, trainSft } from "../train/sft.js";
-import { writeJsonAtomic } from "../util/fsio.js";
+import { type StepRecord, trainRun } from "../train/loop.js";
+import { type Fingerprint, RunDirectory } from "../train/run-dir.js";
+import { encodeSftExample, type SftOptions, sftLoopOptions, sftStepFunction } from "../train/sft.js";
 import { Rng } from "../util/rng.js";
 import { buildSftCorpus } from "../world/corpus.js";
 
@@ -61,15 +59,28 @@ export const WORLD_BASE_DEFAULTS: Omit<WorldBaseOptions, "out"> = {
   saveEvery: 50,
 };
 
+/** How a world-base run ended (see trainRun). */
+export interface WorldBaseResult {
+  steps: number;
+  finalLoss: number;
+  parameters: number;
+  alreadyComplete: boolean;
+}
+
+/** The file beside the base checkpoint that records how it was trained. */
+export const WORLD_BASE_FILE = "world_base.json";
+
 /**
- * Builds the corpus, trains the tokenizer, initialises and trains the model, and saves the checkpoint
- * to `out` (HF layout). Interrupted runs resume from `<out>/partial` at the step where they stopped.
+ * Builds the corpus, trains the tokenizer, initialises and trains the model, and writes the checkpoint
+ * to `out` (HF layout) as a run directory: interrupted runs resume from their last checkpoint, a
+ * finished one is recognised, changed settings are refused unless `restart`.
  */
 export function trainWorldBase(
   options: WorldBaseOptions,
   kernels: Kernels,
-  onStep?: (info: SftStepInfo) => void,
-): { steps: number; finalLoss: number; parameters: number } {
+  onStep?: (record: StepRecord) => void,
+  restart = false,
+): WorldBaseResult {
   const corpus = buildSftCorpus({ seed: options.seed, size: options.corpusSize });
   const texts = corpus.map((e) => e.messages.map((m) => m.content).join("\n"));
   const tokenizer = BpeTokenizer.train(texts, options.vocab);
@@ -92,53 +103,52 @@ export function trainWorldBase(
     weightDecay: options.weightDecay,
     decayMask: decayMaskFromSpecs(model.specs),
   });
-  const partial = join(options.out, "partial");
-  let startStep = 0;
-  const state = existsSync(partial) ? loadTrainerState(partial) : null;
-  if (state !== null) {
-    model.loadTensors(loadCheckpoint(partial, { scoreHead: false }).tensors.values());
-    optimizer.importState(state.optimizer);
-    startStep = state.step;
-  }
-  const save = (dir: string) =>
-    saveCheckpoint(dir, {
-      config,
-      tensors: model.namedTensors(),
-      tokenizerJson: tokenizer.toJSON(),
-      tokenizerConfigJson: tokenizerConfigJson(tokenizer),
-    });
-  model.reserve(options.microBatch, options.maxLen);
-  const log = trainSft(
-    model,
-    tokenizer,
-    optimizer,
-    corpus.map((e) => ({ messages: e.messages })),
-    {
-      batchSize: options.batchSize,
-      microBatch: options.microBatch,
-      epochs: options.epochs,
-      peakLr: options.peakLr,
-      warmupRatio: options.warmupRatio,
-      maxGradNorm: options.maxGradNorm,
-      maxLen: options.maxLen,
-      seed: options.seed,
-      startStep,
-    },
-    (info) => {
-      onStep?.(info);
-      if ((info.step + 1) % options.saveEvery === 0 && info.step + 1 < info.totalSteps) {
-        save(partial);
-        saveTrainerState(partial, { step: info.step + 1, optimizer: optimizer.exportState() });
-      }
-    },
+  const { out: _out, saveEvery: _saveEvery, ...settings } = options;
+  const fingerprint: Fingerprint = Object.fromEntries(
+    Object.entries(settings).map(([key, value]) => [key, { label: key, value }]),
   );
-  save(options.out);
-  const finalLoss = log.length > 0 ? log[log.length - 1].loss : Number.NaN;
-  writeJsonAtomic(join(options.out, "world_base.json"), {
-    options: { ...options, out: undefined },
-    steps: log.length + startStep,
-    finalLoss,
-    parameters: model.params.length,
+  const run = RunDirectory.open(options.out, {
+    kind: "world-base",
+    fingerprint,
+    restart,
+    restartHint: "pass --restart",
   });
-  return { steps: log.length + startStep, finalLoss, parameters: model.params.length };
+  const sft: SftOptions = {
+    batchSize: options.batchSize,
+    microBatch: options.microBatch,
+    epochs: options.epochs,
+    peakLr: options.peakLr,
+    warmupRatio: options.warmupRatio,
+    maxGradNorm: options.maxGradNorm,
+    maxLen: options.maxLen,
+    seed: options.seed,
+  };
+  const encoded = corpus.map((e) => encodeSftExample(tokenizer, { messages: e.messages }, options.maxLen));
+  model.reserve(options.microBatch, options.maxLen);
+  const lastLoss = (records: readonly StepRecord[]) =>
+    records.length > 0 ? records[records.length - 1].loss : Number.NaN;
+  const result = trainRun({
+    run,
+    model,
+    optimizer,
+    meta: { config, tokenizerJson: tokenizer.toJSON(), tokenizerConfigJson: tokenizerConfigJson(tokenizer) },
+    loop: sftLoopOptions(encoded.length, sft),
+    step: sftStepFunction(model, tokenizer, encoded, options.microBatch),
+    saveEvery: options.saveEvery,
+    ...(onStep ? { onStep } : {}),
+    extraFiles: (records) => ({
+      [WORLD_BASE_FILE]: {
+        options: { ...options, out: undefined },
+        steps: records.length,
+        finalLoss: lastLoss(records),
+        parameters: model.params.length,
+      },
+    }),
+  });
+  return {
+    steps: result.step,
+    finalLoss: lastLoss(result.records),
+    parameters: model.params.length,
+    alreadyComplete: result.alreadyComplete,
+  };
 }

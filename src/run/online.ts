@@ -8,19 +8,11 @@
  * held-out queries; checkpoint. Every stage writes its result atomically under the run directory, so
  * an interrupted run resumes at the stage (and training step) where it stopped.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { tokenizerConfigJson } from "../engine/chat.js";
-import {
-  CHECKPOINT_FILES,
-  loadCheckpoint,
-  loadTrainerState,
-  saveCheckpoint,
-  saveTrainerState,
-} from "../engine/checkpoint.js";
+import { CHECKPOINT_FILES, loadCheckpoint } from "../engine/checkpoint.js";
 import type { Kernels } from "../engine/kernels/types.js";
 import { LlamaModel } from "../engine/model.js";
-import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import { BpeTokenizer } from "../engine/tokenizer.js";
 import { type EvalResult, evaluateAnswers } from "../eval/evaluate.js";
 import { mean } from "../eval/metrics.js";
@@ -32,9 +24,9 @@ import { openDropLog, openRecordWriter, readRecords, type SsoRecord } from "../s
 import {
   type RecordScores,
   requiredKeys,
+  runPreferenceTraining,
   scoreRecords,
   scoreResponses,
-  trainPreference,
 } from "../train/preference.js";
 import { UserError } from "../util/errors.js";
 import { writeJsonAtomic } from "../util/fsio.js";
@@ -154,16 +146,6 @@ export class OnlineSession {
   /** Loads the weights of a checkpoint written by this loop. */
   loadWeights(dir: string): void {
     this.model.loadTensors(loadCheckpoint(dir, { scoreHead: false }).tensors.values());
-  }
-
-  /** Saves the current weights with the tokenizer in the HF layout. */
-  saveWeights(dir: string): void {
-    saveCheckpoint(dir, {
-      config: this.model.config,
-      tensors: this.model.namedTensors(),
-      tokenizerJson: this.tokenizer.toJSON(),
-      tokenizerConfigJson: tokenizerConfigJson(this.tokenizer),
-    });
   }
 }
 
@@ -337,60 +319,42 @@ export async function runOnline(
       }),
     );
 
-    // 3. One epoch of training, resumable at step boundaries.
+    // 3. One epoch of training in a run directory (iter-k/model), resumable at step boundaries.
     onEvent({ type: "stage", method: config.method, iteration: k, stage: "train" });
-    const partialDir = join(dir, "partial");
-    const optimizer = new AdamW(session.model.params.length, {
-      weightDecay: config.weightDecay,
-      decayMask: decayMaskFromSpecs(session.model.specs),
-    });
-    let startStep = 0;
-    const state = existsSync(partialDir) ? loadTrainerState(partialDir) : null;
-    let trainLog: Array<Record<string, number>> = [];
-    if (state !== null) {
-      session.loadWeights(partialDir);
-      optimizer.importState(state.optimizer);
-      startStep = state.step;
-      trainLog = (state.extra?.log as Array<Record<string, number>> | undefined) ?? [];
-    }
-    trainPreference(
-      session.model,
-      session.tokenizer,
-      optimizer,
-      records,
-      reference,
+    const trained = runPreferenceTraining(
       {
-        ...seqOptions,
-        objective,
-        batchSize: config.batchSize,
-        epochs: config.epochs,
-        peakLr: config.peakLr,
-        warmupRatio: config.warmupRatio,
-        maxGradNorm: config.maxGradNorm,
-        seed: config.seed + k,
-        startStep,
+        out: join(dir, "model"),
+        restartHint: `remove ${dir} to redo iteration ${k}`,
+        model: session.model,
+        tokenizer: session.tokenizer,
+        records,
+        options: {
+          ...seqOptions,
+          objective,
+          batchSize: config.batchSize,
+          epochs: config.epochs,
+          peakLr: config.peakLr,
+          warmupRatio: config.warmupRatio,
+          maxGradNorm: config.maxGradNorm,
+          seed: config.seed + k,
+        },
+        weightDecay: config.weightDecay,
+        saveEvery: config.saveEvery,
+        reference: () => reference,
       },
-      (info) => {
-        trainLog.push({ loss: info.loss, gradNorm: info.gradNorm, ...info.metrics });
-        onEvent({
-          type: "progress",
-          method: config.method,
-          iteration: k,
-          stage: "train",
-          done: info.step + 1,
-          total: info.totalSteps,
-        });
-        if ((info.step + 1) % config.saveEvery === 0 && info.step + 1 < info.totalSteps) {
-          session.saveWeights(partialDir);
-          saveTrainerState(partialDir, {
-            step: info.step + 1,
-            optimizer: optimizer.exportState(),
-            extra: { log: trainLog },
-          });
-        }
+      {
+        onStep: (info) =>
+          onEvent({
+            type: "progress",
+            method: config.method,
+            iteration: k,
+            stage: "train",
+            done: info.step + 1,
+            total: info.totalSteps,
+          }),
       },
     );
-    session.saveWeights(join(dir, "model"));
+    const trainLog = trained.records.map((r) => ({ loss: r.loss, gradNorm: r.gradNorm, ...r.metrics }));
     weightsAt = k;
 
     // 4. Evaluation on the held-out queries.
@@ -412,7 +376,6 @@ export async function runOnline(
       train: meanMetrics(trainLog),
     };
     writeJsonAtomic(metricsPath, metrics);
-    rmSync(partialDir, { recursive: true, force: true });
     rows.push(metrics);
     onEvent({ type: "iteration", method: config.method, metrics });
   }

@@ -1,6 +1,8 @@
+import { createHash } from "node:crypto";
 import { scoreByLength } from "../engine/batches.js";
+import { tokenizerConfigJson } from "../engine/chat.js";
 import type { LlamaModel } from "../engine/model.js";
-import { type AdamW, clipGradNorm, cosineLr } from "../engine/optim.js";
+import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
 import {
   type ObjectiveConfig,
@@ -11,7 +13,16 @@ import {
   ssoObjective,
 } from "../sso/objective.js";
 import type { PreferenceRecord } from "../sso/pairs.js";
-import { Rng } from "../util/rng.js";
+import {
+  type LoopOptions,
+  type RunHooks,
+  runSteps,
+  type StepFunction,
+  type StepRecord,
+  type TrainRunResult,
+  trainRun,
+} from "./loop.js";
+import { type Fingerprint, RunDirectory, weightsDigest } from "./run-dir.js";
 import { type EncodedSequence, encodeResponse, type Message, packBatch } from "./sequences.js";
 
 /** The prompt and response of each of the six sequences of a record (docs/algorithm.md, "The six sequences and three pairs"): the neg pair prefers y0 over y+. */
@@ -129,23 +140,58 @@ export interface PreferenceTrainOptions extends SequenceOptions {
   startStep?: number;
 }
 
-/** What one optimizer step reports. */
-export interface StepInfo {
-  step: number;
-  totalSteps: number;
-  lr: number;
-  loss: number;
-  gradNorm: number;
-  skipped: boolean;
-  metrics: Record<string, number>;
+/** The data-order label of preference runs (the seed is forked with it). */
+export const PREFERENCE_ORDER = "preference-order";
+
+/** The loop settings of a preference run over `records` records. */
+export function preferenceLoopOptions(records: number, options: PreferenceTrainOptions): LoopOptions {
+  return {
+    items: records,
+    batchSize: options.batchSize,
+    epochs: options.epochs,
+    seed: options.seed,
+    orderLabel: PREFERENCE_ORDER,
+    peakLr: options.peakLr,
+    warmupRatio: options.warmupRatio,
+    maxGradNorm: options.maxGradNorm,
+  };
+}
+
+/**
+ * Everything a preference run's result depends on: the starting weights, the records, the objective
+ * and the schedule (labelled with the flags of `selfsteer train` and `iterate`).
+ */
+export function preferenceFingerprint(
+  startWeights: string,
+  records: readonly PreferenceRecord[],
+  options: PreferenceTrainOptions & { weightDecay: number },
+): Fingerprint {
+  const fields = records.map((r) => [r.instruction, r.p_system, r.n_system, r.chosen, r.rejected, r.raw]);
+  const entry = (label: string, value: string | number) => ({ label, value });
+  return {
+    startWeights: entry("--model (sha256 of its weights)", startWeights),
+    records: entry(
+      "--data (sha256 of its records)",
+      createHash("sha256").update(JSON.stringify(fields)).digest("hex"),
+    ),
+    recordCount: entry("--data (records)", records.length),
+    objective: entry("the objective (--loss, --beta, --sso)", JSON.stringify(options.objective)),
+    batchSize: entry("--batch-size", options.batchSize),
+    epochs: entry("--epochs", options.epochs),
+    lr: entry("--lr", options.peakLr),
+    warmupRatio: entry("--warmup-ratio", options.warmupRatio),
+    weightDecay: entry("--weight-decay", options.weightDecay),
+    maxGradNorm: entry("--max-grad-norm", options.maxGradNorm),
+    maxLen: entry("--max-len", options.maxLen),
+    microBatch: entry("--micro-batch", options.microBatch),
+    seed: entry("--seed", options.seed),
+  };
 }
 
 /**
  * Trains `model` on preference records with the SSO objective (or a plain preference loss when the
- * objective has no `sso` block). `reference` holds the frozen reference's scores per record (from
- * scoreRecords before training), or null for reference-free losses (simpo, orpo).
- * Each step: forward the batch's sequences, evaluate the objective on their summed log-probs, spread
- * d(loss)/d(log-prob) back through the model, clip, AdamW with the cosine schedule.
+ * objective has no `sso` block), without a run directory. `reference` holds the frozen reference's
+ * scores per record (from scoreRecords before training), or null for reference-free losses.
  */
 export function trainPreference(
   model: LlamaModel,
@@ -154,105 +200,80 @@ export function trainPreference(
   records: readonly PreferenceRecord[],
   reference: readonly RecordScores[] | null,
   options: PreferenceTrainOptions,
-  onStep?: (info: StepInfo) => void,
-): StepInfo[] {
-  const keys = requiredKeys(options.objective);
-  const stepsPerEpoch = Math.ceil(records.length / options.batchSize);
-  const totalSteps = stepsPerEpoch * options.epochs;
-  const log: StepInfo[] = [];
-  const rng = new Rng(options.seed).fork("preference-order");
-  let step = 0;
-  for (let epoch = 0; epoch < options.epochs; epoch++) {
-    const order = rng.shuffle(records.map((_, i) => i));
-    for (let s = 0; s < stepsPerEpoch; s++) {
-      const batchIdx = order.slice(s * options.batchSize, (s + 1) * options.batchSize);
-      if (step < (options.startStep ?? 0)) {
-        step++;
-        continue;
-      }
-      const lr = cosineLr(step, totalSteps, { peakLr: options.peakLr, warmupRatio: options.warmupRatio });
-      const info = preferenceStep(
-        model,
-        tokenizer,
-        optimizer,
-        records,
-        reference,
-        batchIdx,
-        keys,
-        lr,
-        options,
-      );
-      const full: StepInfo = { ...info, step, totalSteps, lr };
-      log.push(full);
-      onStep?.(full);
-      step++;
-    }
-  }
-  return log;
+  onStep?: (record: StepRecord) => void,
+): StepRecord[] {
+  return runSteps(
+    model,
+    optimizer,
+    { ...preferenceLoopOptions(records.length, options), startStep: options.startStep ?? 0 },
+    preferenceStepFunction(model, tokenizer, records, reference, options),
+    onStep,
+  );
 }
 
-function preferenceStep(
+/**
+ * The preference step: forward the batch's sequences, evaluate the objective on their summed
+ * log-probs, and spread d(loss)/d(log-prob) back through the model; the objective's metrics (TRL's
+ * rewards/* and logps/* names, loss/*, sso/weight) are the step's metrics.
+ */
+export function preferenceStepFunction(
   model: LlamaModel,
   tokenizer: BpeTokenizer,
-  optimizer: AdamW,
   records: readonly PreferenceRecord[],
   reference: readonly RecordScores[] | null,
-  batchIdx: number[],
-  keys: readonly SeqKey[],
-  lr: number,
-  options: PreferenceTrainOptions,
-): Omit<StepInfo, "step" | "totalSteps" | "lr"> {
-  const items = batchIdx.flatMap((r, slot) =>
-    keys.map((key) => ({ slot, key, seq: encodeSeq(tokenizer, records[r], key, options) })),
-  );
-  const chunks: number[][] = [];
-  for (let i = 0; i < items.length; i += options.microBatch)
-    chunks.push(items.slice(i, i + options.microBatch).map((_, j) => i + j));
-  const values: SeqValues[] = batchIdx.map(() => ({}));
-  const tokens: SeqValues[] = batchIdx.map(() => ({}));
-  const collect = (chunk: number[], seqLogprobs: Float64Array, tokenCounts: Int32Array) =>
-    chunk.forEach((itemIndex, b) => {
-      const { slot, key } = items[itemIndex];
-      values[slot][key] = seqLogprobs[b];
-      tokens[slot][key] = tokenCounts[b];
-    });
-  // One chunk: a single forward keeps the activations for backward. Several chunks: a scoring pass
-  // first (the loss couples all six sequences of a record), then forward + backward chunk by chunk.
-  const single = chunks.length === 1;
-  for (const chunk of chunks) {
-    const res = model.forward(
-      packBatch(
-        chunk.map((i) => items[i].seq),
-        tokenizer.padId,
-      ),
+  options: SequenceOptions & { objective: ObjectiveConfig },
+): StepFunction {
+  const keys = requiredKeys(options.objective);
+  return (batchIdx) => {
+    const items = batchIdx.flatMap((r, slot) =>
+      keys.map((key) => ({ slot, key, seq: encodeSeq(tokenizer, records[r], key, options) })),
     );
-    collect(chunk, res.seqLogprobs, res.tokenCounts);
-  }
-  const objectiveRecords: ObjectiveRecord[] = batchIdx.map((r, slot) => ({
-    policy: values[slot],
-    tokens: tokens[slot],
-    ...(reference ? { reference: pick(reference[r].values, keys) } : {}),
-  }));
-  const result = ssoObjective(options.objective, objectiveRecords);
-  model.zeroGrad();
-  for (const chunk of chunks) {
-    if (!single)
-      model.forward(
+    const chunks: number[][] = [];
+    for (let i = 0; i < items.length; i += options.microBatch)
+      chunks.push(items.slice(i, i + options.microBatch).map((_, j) => i + j));
+    const values: SeqValues[] = batchIdx.map(() => ({}));
+    const tokens: SeqValues[] = batchIdx.map(() => ({}));
+    const collect = (chunk: number[], seqLogprobs: Float64Array, tokenCounts: Int32Array) =>
+      chunk.forEach((itemIndex, b) => {
+        const { slot, key } = items[itemIndex];
+        values[slot][key] = seqLogprobs[b];
+        tokens[slot][key] = tokenCounts[b];
+      });
+    // One chunk: a single forward keeps the activations for backward. Several chunks: a scoring pass
+    // first (the loss couples all six sequences of a record), then forward + backward chunk by chunk.
+    const single = chunks.length === 1;
+    for (const chunk of chunks) {
+      const res = model.forward(
         packBatch(
           chunk.map((i) => items[i].seq),
           tokenizer.padId,
         ),
       );
-    const dSeq = chunk.map((itemIndex) => {
-      const { slot, key } = items[itemIndex];
-      return result.grad[slot].policy[key] ?? 0;
-    });
-    model.backwardSeq(dSeq);
-  }
-  const gradNorm = clipGradNorm(model.grads, options.maxGradNorm);
-  const skipped = !Number.isFinite(gradNorm);
-  if (!skipped) optimizer.step(model.params, model.grads, lr);
-  return { loss: result.loss, gradNorm, skipped, metrics: result.metrics };
+      collect(chunk, res.seqLogprobs, res.tokenCounts);
+    }
+    const objectiveRecords: ObjectiveRecord[] = batchIdx.map((r, slot) => ({
+      policy: values[slot],
+      tokens: tokens[slot],
+      ...(reference ? { reference: pick(reference[r].values, keys) } : {}),
+    }));
+    const result = ssoObjective(options.objective, objectiveRecords);
+    model.zeroGrad();
+    for (const chunk of chunks) {
+      if (!single)
+        model.forward(
+          packBatch(
+            chunk.map((i) => items[i].seq),
+            tokenizer.padId,
+          ),
+        );
+      const dSeq = chunk.map((itemIndex) => {
+        const { slot, key } = items[itemIndex];
+        return result.grad[slot].policy[key] ?? 0;
+      });
+      model.backwardSeq(dSeq);
+    }
+    return { loss: result.loss, metrics: result.metrics };
+  };
 }
 
 function encodeSeq(
@@ -269,4 +290,62 @@ function pick(values: SeqValues, keys: readonly SeqKey[]): SeqValues {
   const out: SeqValues = {};
   for (const k of keys) out[k] = values[k];
   return out;
+}
+
+/** A preference run into a run directory (`selfsteer train`, and each online iteration's training). */
+export interface PreferenceRunInput {
+  out: string;
+  /** Discard what an earlier run left in `out`. */
+  restart?: boolean;
+  /** How users start over, for messages. */
+  restartHint: string;
+  /** The starting policy (its weights are part of the fingerprint) and its tokenizer. */
+  model: LlamaModel;
+  tokenizer: BpeTokenizer;
+  records: readonly PreferenceRecord[];
+  options: Omit<PreferenceTrainOptions, "startStep">;
+  weightDecay: number;
+  /** Commit a checkpoint every this many steps (0: only when stopped early). */
+  saveEvery: number;
+  /**
+   * The frozen reference's scores under the starting weights (null for reference-free losses); called
+   * before any update, and not at all for a finished run.
+   */
+  reference: () => readonly RecordScores[] | null;
+}
+
+/**
+ * Preference training in a run directory: refuses changed inputs, resumes from the last checkpoint,
+ * recognises a finished run, and writes the final model.
+ */
+export function runPreferenceTraining(input: PreferenceRunInput, hooks: RunHooks = {}): TrainRunResult {
+  const { model, tokenizer, records, options } = input;
+  const run = RunDirectory.open(input.out, {
+    kind: "preference",
+    fingerprint: preferenceFingerprint(weightsDigest(model), records, {
+      ...options,
+      weightDecay: input.weightDecay,
+    }),
+    restart: input.restart === true,
+    restartHint: input.restartHint,
+  });
+  const reference = run.finished() === null ? input.reference() : null;
+  const optimizer = new AdamW(model.params.length, {
+    weightDecay: input.weightDecay,
+    decayMask: decayMaskFromSpecs(model.specs),
+  });
+  return trainRun({
+    run,
+    model,
+    optimizer,
+    meta: {
+      config: model.config,
+      tokenizerJson: tokenizer.toJSON(),
+      tokenizerConfigJson: tokenizerConfigJson(tokenizer),
+    },
+    loop: preferenceLoopOptions(records.length, options),
+    step: preferenceStepFunction(model, tokenizer, records, reference, options),
+    saveEvery: input.saveEvery,
+    ...hooks,
+  });
 }

@@ -1,7 +1,18 @@
+import { tokenizerConfigJson } from "../engine/chat.js";
 import type { LlamaModel } from "../engine/model.js";
-import { type AdamW, clipGradNorm, cosineLr } from "../engine/optim.js";
+import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
-import { Rng } from "../util/rng.js";
+import {
+  type LoopOptions,
+  METRIC,
+  type RunHooks,
+  runSteps,
+  type StepFunction,
+  type StepRecord,
+  type TrainRunResult,
+  trainRun,
+} from "./loop.js";
+import { type Fingerprint, RunDirectory, weightsDigest } from "./run-dir.js";
 import { type EncodedSequence, encodeConversation, type Message, packBatch } from "./sequences.js";
 
 /** A supervised example: a conversation whose assistant turns are learned, or raw text (all tokens). */
@@ -23,16 +34,8 @@ export interface SftOptions {
   startStep?: number;
 }
 
-/** What one SFT step reports. */
-export interface SftStepInfo {
-  step: number;
-  totalSteps: number;
-  lr: number;
-  /** Mean next-token negative log-likelihood over the step's scored tokens. */
-  loss: number;
-  tokens: number;
-  gradNorm: number;
-}
+/** The data-order label of SFT runs (the seed is forked with it). */
+export const SFT_ORDER = "sft-order";
 
 /** Tokenises an SFT example: chat examples score assistant turns, raw text scores every token. */
 export function encodeSftExample(
@@ -49,56 +52,171 @@ export function encodeSftExample(
 }
 
 /**
- * Next-token training: the loss of a step is the mean negative log-likelihood over all scored tokens
- * of its sequences, accumulated over micro-batches, then clipped AdamW with the cosine schedule.
+ * The SFT step: the loss is the mean negative log-likelihood over all scored tokens of the batch's
+ * sequences, accumulated over micro-batches of similar lengths; reports the token count as `tokens`.
  */
+export function sftStepFunction(
+  model: LlamaModel,
+  tokenizer: BpeTokenizer,
+  encoded: readonly EncodedSequence[],
+  microBatch: number,
+): StepFunction {
+  return (batch) => {
+    const idx = batch.slice();
+    // Similar lengths in a micro-batch waste little on padding.
+    idx.sort((a, b) => encoded[a].ids.length - encoded[b].ids.length);
+    let tokens = 0;
+    for (const i of idx) for (let t = 1; t < encoded[i].ids.length; t++) tokens += encoded[i].mask[t];
+    model.zeroGrad();
+    let nll = 0;
+    for (let m = 0; m < idx.length; m += microBatch) {
+      const packed = packBatch(
+        idx.slice(m, m + microBatch).map((i) => encoded[i]),
+        tokenizer.padId,
+      );
+      const res = model.forward(packed);
+      const d = new Float32Array(packed.batch * packed.seqLen);
+      for (let k = 0; k < d.length; k++) {
+        if (packed.lossMask[k] === 1) {
+          d[k] = -1 / Math.max(1, tokens);
+          nll -= res.tokenLogprobs[k];
+        }
+      }
+      model.backward(d);
+    }
+    return { loss: nll / Math.max(1, tokens), metrics: { [METRIC.tokens]: tokens } };
+  };
+}
+
+/** The loop settings of an SFT run over `items` examples. */
+export function sftLoopOptions(items: number, options: SftOptions): LoopOptions {
+  return {
+    items,
+    batchSize: options.batchSize,
+    epochs: options.epochs,
+    seed: options.seed,
+    orderLabel: SFT_ORDER,
+    peakLr: options.peakLr,
+    warmupRatio: options.warmupRatio,
+    maxGradNorm: options.maxGradNorm,
+  };
+}
+
+/** Next-token training without a run directory (sftStepFunction in the shared loop). */
 export function trainSft(
   model: LlamaModel,
   tokenizer: BpeTokenizer,
   optimizer: AdamW,
   examples: readonly SftExample[],
   options: SftOptions,
-  onStep?: (info: SftStepInfo) => void,
-): SftStepInfo[] {
+  onStep?: (record: StepRecord) => void,
+): StepRecord[] {
   const encoded = examples.map((e) => encodeSftExample(tokenizer, e, options.maxLen));
-  const stepsPerEpoch = Math.ceil(encoded.length / options.batchSize);
-  const totalSteps = stepsPerEpoch * options.epochs;
-  const rng = new Rng(options.seed).fork("sft-order");
-  const log: SftStepInfo[] = [];
-  let step = 0;
-  for (let epoch = 0; epoch < options.epochs; epoch++) {
-    const order = rng.shuffle(encoded.map((_, i) => i));
-    for (let s = 0; s < stepsPerEpoch; s++, step++) {
-      if (step < (options.startStep ?? 0)) continue;
-      const idx = order.slice(s * options.batchSize, (s + 1) * options.batchSize);
-      // Similar lengths in a micro-batch waste little on padding.
-      idx.sort((a, b) => encoded[a].ids.length - encoded[b].ids.length);
-      let tokens = 0;
-      for (const i of idx) for (let t = 1; t < encoded[i].ids.length; t++) tokens += encoded[i].mask[t];
-      model.zeroGrad();
-      let nll = 0;
-      for (let m = 0; m < idx.length; m += options.microBatch) {
-        const batch = packBatch(
-          idx.slice(m, m + options.microBatch).map((i) => encoded[i]),
-          tokenizer.padId,
-        );
-        const res = model.forward(batch);
-        const d = new Float32Array(batch.batch * batch.seqLen);
-        for (let k = 0; k < d.length; k++) {
-          if (batch.lossMask[k] === 1) {
-            d[k] = -1 / Math.max(1, tokens);
-            nll -= res.tokenLogprobs[k];
-          }
-        }
-        model.backward(d);
-      }
-      const gradNorm = clipGradNorm(model.grads, options.maxGradNorm);
-      const lr = cosineLr(step, totalSteps, { peakLr: options.peakLr, warmupRatio: options.warmupRatio });
-      if (Number.isFinite(gradNorm)) optimizer.step(model.params, model.grads, lr);
-      const info: SftStepInfo = { step, totalSteps, lr, loss: nll / Math.max(1, tokens), tokens, gradNorm };
-      log.push(info);
-      onStep?.(info);
-    }
-  }
-  return log;
+  return runSteps(
+    model,
+    optimizer,
+    { ...sftLoopOptions(encoded.length, options), startStep: options.startStep ?? 0 },
+    sftStepFunction(model, tokenizer, encoded, options.microBatch),
+    onStep,
+  );
+}
+
+/** Settings that decide what an SFT run computes: a resumed run must use the same ones. */
+export interface SftRunSettings {
+  /** sha256 of the data file's bytes. */
+  dataSha256: string;
+  examples: number;
+  epochs: number;
+  lr: number;
+  batchSize: number;
+  microBatch: number;
+  maxLen: number;
+  warmupRatio: number;
+  weightDecay: number;
+  /** 0: no clipping. */
+  maxGradNorm: number;
+  seed: number;
+}
+
+/** The flag each setting comes from, for the message about a changed setting. */
+const SFT_SETTING_FLAGS: Record<keyof SftRunSettings, string> = {
+  dataSha256: "--data (sha256 of its bytes)",
+  examples: "--data (examples)",
+  epochs: "--epochs",
+  lr: "--lr",
+  batchSize: "--batch-size",
+  microBatch: "--micro-batch",
+  maxLen: "--max-len",
+  warmupRatio: "--warmup-ratio",
+  weightDecay: "--weight-decay",
+  maxGradNorm: "--max-grad-norm",
+  seed: "--seed",
+};
+
+/** An SFT run into a run directory (what `selfsteer sft` trains). */
+export interface SftRunInput {
+  out: string;
+  /** Discard what an earlier run left in `out`. */
+  restart?: boolean;
+  /** The starting model (its weights are part of the fingerprint) and its tokenizer. */
+  model: LlamaModel;
+  tokenizer: BpeTokenizer;
+  examples: readonly SftExample[];
+  settings: SftRunSettings;
+  /** Commit a checkpoint every this many steps (0: only when stopped early). */
+  saveEvery: number;
+}
+
+/**
+ * Supervised fine-tuning in a run directory: refuses changed inputs, resumes from the last checkpoint,
+ * recognises a finished run, and writes the final model with the model's own tokenizer files.
+ */
+export function runSftTraining(input: SftRunInput, hooks: RunHooks = {}): TrainRunResult {
+  const { model, tokenizer, settings } = input;
+  const fingerprint: Fingerprint = {
+    startWeights: { label: "--model (sha256 of its weights)", value: weightsDigest(model) },
+  };
+  for (const [key, flag] of Object.entries(SFT_SETTING_FLAGS) as [keyof SftRunSettings, string][])
+    fingerprint[key] = { label: flag, value: settings[key] };
+  const run = RunDirectory.open(input.out, {
+    kind: "sft",
+    fingerprint,
+    restart: input.restart === true,
+    restartHint: "pass --restart",
+  });
+  const optimizer = new AdamW(model.numParams, {
+    weightDecay: settings.weightDecay,
+    decayMask: decayMaskFromSpecs(model.specs),
+  });
+  const encoded = input.examples.map((e) => encodeSftExample(tokenizer, e, settings.maxLen));
+  // Plan activations once for the largest micro-batch, so the arena does not grow batch by batch.
+  let longest = 1;
+  for (const seq of encoded) longest = Math.max(longest, seq.ids.length);
+  model.reserve(Math.min(settings.microBatch, settings.batchSize, encoded.length), longest);
+  const options: SftOptions = {
+    batchSize: settings.batchSize,
+    microBatch: settings.microBatch,
+    epochs: settings.epochs,
+    peakLr: settings.lr,
+    warmupRatio: settings.warmupRatio,
+    maxGradNorm: settings.maxGradNorm > 0 ? settings.maxGradNorm : Number.POSITIVE_INFINITY,
+    maxLen: settings.maxLen,
+    seed: settings.seed,
+  };
+  return trainRun({
+    run,
+    model,
+    optimizer,
+    meta: {
+      config: model.config,
+      tokenizerJson: tokenizer.toJSON(),
+      tokenizerConfigJson: tokenizerConfigJson(tokenizer, {
+        modelMaxLength: model.config.max_position_embeddings,
+      }),
+    },
+    loop: sftLoopOptions(encoded.length, options),
+    step: sftStepFunction(model, tokenizer, encoded, settings.microBatch),
+    saveEvery: input.saveEvery,
+    ...hooks,
+  });
 }

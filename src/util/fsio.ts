@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import type { z } from "zod";
+import { crashPoint } from "./crash.js";
 import { formatPath, UserError } from "./errors.js";
 
 /** Writes a file atomically: a temp file beside it, then rename, so readers never see half a file. */
@@ -10,6 +11,13 @@ export function writeFileAtomic(path: string, data: string | Uint8Array): void {
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
   try {
     writeFileSync(tmp, data);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
+  }
+  // A kill here leaves the temp file behind (run directories remove such leftovers when reopened).
+  crashPoint("file-tmp");
+  try {
     renameSync(tmp, path);
   } catch (err) {
     rmSync(tmp, { force: true });
