@@ -257,7 +257,7 @@ test("bad input exits 2 naming the file, line and field", () => {
     "fast",
   );
   fails(
-    ["already holds a checkpoint without trainer state"],
+    ["already holds files that are not from a reward-model run", "--restart"],
     "rm",
     "train",
     "--model",
@@ -306,12 +306,12 @@ test("an interrupted rm train resumes to the same weights; changed settings or d
   ok(...args(whole));
   const first = JSON.parse(ok(...args(parts, "--steps", "3")));
   assert.deepEqual([first.steps_done, first.complete], [3, false]);
-  fails(["--lr: the run in", "was started with 0.01"], ...args(parts, "--lr", "0.02"));
-  fails(["--seed: the run in"], ...args(parts, "--seed", "7"));
+  fails(["started with --lr 0.01, this command has 0.02", "--restart"], ...args(parts, "--lr", "0.02"));
+  fails(["started with --seed 0, this command has 7"], ...args(parts, "--seed", "7"));
   const other = join(work, "other-pairs.jsonl");
   writeFileSync(other, readFileSync(mixed, "utf8").split("\n").slice(1).join("\n"));
   fails(
-    [`--pairs ${other}: differs from the pairs`],
+    ["--pairs (sha256 of its pairs)"],
     "rm",
     "train",
     "--model",
@@ -340,9 +340,9 @@ test("an interrupted rm train resumes to the same weights; changed settings or d
   const third = JSON.parse(ok(...args(parts)));
   assert.deepEqual([third.steps_run, third.complete], [0, true]);
 
-  // Weights that do not belong to the saved trainer state (a save cut between files) are refused.
+  // Weights that do not match their commit record (changed after the save) are refused.
   const torn = join(work, "torn");
   ok(...args(torn, "--steps", "2"));
-  copyFileSync(join(whole, "model.safetensors"), join(torn, "model.safetensors"));
-  fails(["the weights do not match trainer_state.json"], ...args(torn));
+  copyFileSync(join(whole, "model.safetensors"), join(torn, "checkpoint-2", "model.safetensors"));
+  fails(["model.safetensors: does not match", "trainer_state.json", "--restart"], ...args(torn));
 });

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { after, test } from "node:test";
@@ -23,13 +23,14 @@ import { trainWorldBase, WORLD_BASE_DEFAULTS } from "../src/run/base.js";
 import { ONLINE_DEFAULTS } from "../src/run/experiment.js";
 import { type OnlineConfig, OnlineSession, runOnline } from "../src/run/online.js";
 import { objectiveConfigSchema } from "../src/sso/objective.js";
-import type { PreferenceRecord } from "../src/sso/pairs.js";
+import { type PreferencePair, type PreferenceRecord, pairsDigest } from "../src/sso/pairs.js";
 import {
   type PreferenceTrainOptions,
   requiredKeys,
   runPreferenceTraining,
   scoreRecords,
 } from "../src/train/preference.js";
+import { runRewardTraining } from "../src/train/reward.js";
 import { runSftTraining, type SftExample, type SftRunSettings } from "../src/train/sft.js";
 import { setCrashHook } from "../src/util/crash.js";
 import { UserError } from "../src/util/errors.js";
@@ -78,17 +79,18 @@ let survivedTotal = 0;
 after(() => process.stdout.write(`# kill points survived: ${survivedTotal}\n`));
 
 /**
- * Runs `train` into a fresh directory once uninterrupted, recording the crash points it passes; then,
- * for every recorded point that `include` accepts, kills a fresh run there (an exception thrown from the
+ * Runs `train` into a fresh directory (a copy of `start` if given) once uninterrupted, recording the
+ * crash points it passes; then, for every recorded point, kills a fresh run there (an exception thrown from the
  * point: nothing after it runs, as with SIGKILL) and reruns it to the end, asserting the same files.
  * Returns the number of kill points survived.
  */
-async function crashMatrix(
-  label: string,
-  train: (out: string) => unknown,
-  include: (point: string, index: number) => boolean = () => true,
-): Promise<number> {
+async function crashMatrix(label: string, train: (out: string) => unknown, start?: string): Promise<number> {
   const reference = join(work, `${label}-reference`);
+  // Runs may start from a prepared directory (the online loop's stages before training).
+  const prepare = (out: string) => {
+    if (start !== undefined) cpSync(start, out, { recursive: true });
+  };
+  prepare(reference);
   const trace: string[] = [];
   setCrashHook((point) => trace.push(point));
   try {
@@ -99,8 +101,8 @@ async function crashMatrix(
   const expected = snapshot(reference);
   let survived = 0;
   for (let i = 0; i < trace.length; i++) {
-    if (!include(trace[i], i)) continue;
     const out = join(work, `${label}-killed-${i}`);
+    prepare(out);
     let seen = 0;
     setCrashHook((point) => {
       if (seen++ === i) throw new InjectedCrash(point);
@@ -304,20 +306,22 @@ function onlineConfig(runDir: string, changes: Partial<OnlineConfig> = {}): Onli
 }
 
 test("iterate: a kill at every write boundary of the training stage reruns to the uninterrupted run", async () => {
-  let stage = "";
-  const stages: string[] = [];
-  const train = (runDir: string) =>
-    runOnline(new OnlineSession(onlineBase, kernels), onlineConfig(runDir), (e) => {
-      if (e.type === "stage") stage = e.stage;
-    });
-  // The stage of each crash point, recorded on the uninterrupted run.
-  setCrashHook(() => stages.push(stage));
-  try {
-    await train(join(work, "online-stages"));
-  } finally {
-    setCrashHook(null);
-  }
-  await crashMatrix("online", train, (_, i) => stages[i] === "train");
+  // The stages before training (base evaluation, records, reference) done once, then killed in turn
+  // at every write boundary from the training stage on.
+  const before = join(work, "online-before-training");
+  await assert.rejects(
+    runOnline(new OnlineSession(onlineBase, kernels), onlineConfig(before), (e) => {
+      if (e.type === "stage" && e.stage === "train") throw new InjectedCrash("train");
+    }),
+    InjectedCrash,
+  );
+  assert.ok(existsSync(join(before, "sso", "iter-1", "reference.json")));
+  assert.ok(!existsSync(join(before, "sso", "iter-1", "model")));
+  await crashMatrix(
+    "online",
+    (runDir) => runOnline(new OnlineSession(onlineBase, kernels), onlineConfig(runDir)),
+    before,
+  );
 });
 
 test("iterate: a training stage resumed with other settings is refused naming the change", async () => {
@@ -380,4 +384,59 @@ test("world sft: changed settings are refused naming them; a finished base is re
   );
   assert.equal(trainWorldBase({ ...worldOptions, out }, kernels).alreadyComplete, false);
   assert.equal(trainWorldBase({ ...worldOptions, out }, kernels).alreadyComplete, true);
+});
+
+// ---------------------------------------------------------------------------------------------------
+// reward models (selfsteer rm train)
+
+const pairs: PreferencePair[] = Array.from({ length: 6 }, (_, i) => ({
+  id: `p${i}`,
+  prompt: [{ role: "user", content: `is ${i} even?` }],
+  chosen: i % 2 === 0 ? "yes" : "no",
+  rejected: i % 2 === 0 ? "no" : "yes",
+  subset: "pairs",
+  format: "trl",
+  line: i + 1,
+}));
+
+function rewardModel(): LlamaModel {
+  const model = new LlamaModel(config, kernels, { scoreHead: true });
+  model.initRandom(new Rng(8));
+  return model;
+}
+
+function reward(out: string, options: { peakLr?: number; seed?: number } = {}, data = pairs) {
+  return runRewardTraining({
+    out,
+    model: rewardModel(),
+    tokenizer,
+    meta: { config, tokenizerJson: tokenizer.toJSON(), tokenizerConfigJson: tokenizerConfigJson(tokenizer) },
+    pairs: data,
+    pairsDigest: pairsDigest(data),
+    options: {
+      batchSize: 2,
+      microBatch: 2,
+      epochs: 1,
+      peakLr: 1e-2,
+      warmupRatio: 0,
+      maxGradNorm: 1,
+      maxLen: 48,
+      seed: 3,
+      ...options,
+    },
+    weightDecay: 0.1,
+    saveEvery: 1,
+  });
+}
+
+test("rm train: a kill at every write boundary of its checkpoints reruns to the uninterrupted files", async () => {
+  await crashMatrix("reward", (out) => reward(out));
+});
+
+test("rm train: resuming with changed pairs or settings is refused naming the change", () => {
+  const out = interrupted("reward-changed", (dir) => reward(dir));
+  refusal(() => reward(out, { peakLr: 2e-2 }), "--lr 0.01, this command has 0.02", "--restart");
+  refusal(() => reward(out, {}, pairs.slice(1)), "--pairs (sha256 of its pairs)");
+  assert.equal(reward(out).complete, true);
+  assert.equal(reward(out).alreadyComplete, true);
 });

@@ -1,33 +1,16 @@
-import { createHash } from "node:crypto";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { z } from "zod";
-import {
-  CHECKPOINT_FILES,
-  type LoadedCheckpoint,
-  loadCheckpoint,
-  loadTrainerState,
-  saveCheckpoint,
-  saveTrainerState,
-  type TrainerState,
-} from "../engine/checkpoint.js";
+import { CHECKPOINT_FILES, type LoadedCheckpoint, loadCheckpoint } from "../engine/checkpoint.js";
 import type { LlamaConfig } from "../engine/config.js";
 import type { CreatedKernels } from "../engine/kernels/index.js";
 import { type LoadedModelDir, loadModelDir } from "../engine/load.js";
 import { LlamaModel } from "../engine/model.js";
-import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import { BpeTokenizer } from "../engine/tokenizer.js";
 import { type RewardBenchReport, rewardBenchReport } from "../eval/rewardbench.js";
 import { countFormats, type PreferencePair, pairsDigest, readPairs, readScoreItems } from "../sso/pairs.js";
-import {
-  type RewardStepInfo,
-  type RewardTrainOptions,
-  rewardTotalSteps,
-  scoreItems,
-  scorePairs,
-  trainRewardModel,
-} from "../train/reward.js";
+import { METRIC } from "../train/loop.js";
+import { runRewardTraining, scoreItems, scorePairs } from "../train/reward.js";
 import { UserError } from "../util/errors.js";
 import { readJsonFile, writeFileAtomic } from "../util/fsio.js";
 import { Rng } from "../util/rng.js";
@@ -42,31 +25,6 @@ import {
 } from "./common.js";
 import { checkOutputPath, checkOutputs } from "./output.js";
 
-/** What trainer_state.json's `extra` holds for a reward-model run. */
-const RM_STATE_KIND = "selfsteer-reward-model";
-
-const RmStateExtraSchema = z.object({
-  kind: z.literal(RM_STATE_KIND),
-  init_from: z.string(),
-  pairs_file: z.string(),
-  pairs_sha256: z.string(),
-  pair_count: z.number().int(),
-  total_steps: z.number().int(),
-  weights_sha256: z.string(),
-  options: z.object({
-    batch_size: z.number(),
-    epochs: z.number(),
-    lr: z.number(),
-    warmup_ratio: z.number(),
-    weight_decay: z.number(),
-    max_grad_norm: z.number(),
-    max_len: z.number(),
-    seed: z.number(),
-  }),
-  recent: z.object({ loss: z.number().nullable(), accuracy: z.number().nullable() }),
-});
-type RmStateExtra = z.infer<typeof RmStateExtraSchema>;
-
 function tokenizerOf(dir: string, ckpt: LoadedCheckpoint): BpeTokenizer {
   if (ckpt.tokenizerJson === undefined)
     throw new UserError(`${dir}: no ${CHECKPOINT_FILES.tokenizer} (a reward model reads text)`);
@@ -80,11 +38,6 @@ function tokenizerOf(dir: string, ckpt: LoadedCheckpoint): BpeTokenizer {
 
 function defaultMaxLen(config: LlamaConfig): number {
   return Math.min(1024, config.max_position_embeddings);
-}
-
-function weightsDigest(model: LlamaModel): string {
-  // A copy: kernel memory may be a SharedArrayBuffer, which hashing does not take.
-  return createHash("sha256").update(new Uint8Array(model.params.slice().buffer)).digest("hex");
 }
 
 /** A reward model (score head) and its tokenizer from a checkpoint; a causal LM is refused. */
@@ -119,6 +72,7 @@ interface TrainFlags {
   warmupRatio: string;
   weightDecay: string;
   maxGradNorm: string;
+  restart?: boolean;
   backend: string;
 }
 
@@ -126,61 +80,26 @@ interface TrainFlags {
 function trainCommand(flags: TrainFlags): void {
   checkOutputPath("--out", flags.out, "dir");
   const epochs = parseIntFlag("--epochs", flags.epochs, 1);
-  const lr = parseNumberFlag("--lr", flags.lr, 0);
   const batchSize = parseIntFlag("--batch-size", flags.batchSize, 1);
-  const microBatch = parseIntFlag("--micro-batch", flags.microBatch, 1);
   const seed = parseIntFlag("--seed", flags.seed, 0);
   const saveEvery = parseIntFlag("--save-every", flags.saveEvery, 0);
   const stepsNow = flags.steps !== undefined ? parseIntFlag("--steps", flags.steps, 1) : undefined;
-  const warmupRatio = parseNumberFlag("--warmup-ratio", flags.warmupRatio, 0, 1);
   const weightDecay = parseNumberFlag("--weight-decay", flags.weightDecay, 0);
-  const maxGradNorm = parseNumberFlag("--max-grad-norm", flags.maxGradNorm, 0);
   const backend = parseBackend(flags.backend);
   const pairs = readPairs(flags.pairs);
-  const digest = pairsDigest(pairs);
-
-  const state = loadTrainerState(flags.out);
-  let resumed: RmStateExtra | null = null;
-  if (state !== null) {
-    const parsed = RmStateExtraSchema.safeParse(state.extra);
-    if (!parsed.success)
-      throw new UserError(
-        `--out ${flags.out}: holds trainer state of another kind of run, not a reward model; choose another --out`,
-      );
-    resumed = parsed.data;
-  } else if (existsSync(join(flags.out, CHECKPOINT_FILES.config)))
-    throw new UserError(
-      `--out ${flags.out}: already holds a checkpoint without trainer state (a finished model?); choose another --out`,
-    );
-
-  const sourceDir = resumed !== null ? flags.out : flags.model;
-  const ckpt = loadCheckpoint(sourceDir);
-  const tokenizer = tokenizerOf(sourceDir, ckpt);
-  const maxLen =
-    flags.maxLen !== undefined ? parseIntFlag("--max-len", flags.maxLen, 2) : defaultMaxLen(ckpt.config);
-  const options: RewardTrainOptions = {
+  const ckpt = loadCheckpoint(flags.model);
+  const tokenizer = tokenizerOf(flags.model, ckpt);
+  const options = {
     batchSize,
-    microBatch,
+    microBatch: parseIntFlag("--micro-batch", flags.microBatch, 1),
     epochs,
-    peakLr: lr,
-    warmupRatio,
-    maxGradNorm,
-    maxLen,
+    peakLr: parseNumberFlag("--lr", flags.lr, 0),
+    warmupRatio: parseNumberFlag("--warmup-ratio", flags.warmupRatio, 0, 1),
+    maxGradNorm: parseNumberFlag("--max-grad-norm", flags.maxGradNorm, 0),
+    maxLen:
+      flags.maxLen !== undefined ? parseIntFlag("--max-len", flags.maxLen, 2) : defaultMaxLen(ckpt.config),
     seed,
   };
-  const recorded: RmStateExtra["options"] = {
-    batch_size: batchSize,
-    epochs,
-    lr,
-    warmup_ratio: warmupRatio,
-    weight_decay: weightDecay,
-    max_grad_norm: maxGradNorm,
-    max_len: maxLen,
-    seed,
-  };
-  const totalSteps = rewardTotalSteps(pairs.length, batchSize, epochs);
-  if (resumed !== null) checkResumable(flags, resumed, recorded, digest, pairs.length);
-
   const kernels = openKernels(backend);
   try {
     const model = new LlamaModel(ckpt.config, kernels, { scoreHead: true });
@@ -194,113 +113,69 @@ function trainCommand(flags: TrainFlags): void {
       for (let i = 0; i < head.length; i++) head[i] = 0.02 * rng.normal();
       scoreHeadInit = "random";
     }
-    const optimizer = new AdamW(model.numParams, { weightDecay, decayMask: decayMaskFromSpecs(model.specs) });
-    let startStep = 0;
-    if (state !== null && resumed !== null) {
-      if (weightsDigest(model) !== resumed.weights_sha256)
-        throw new UserError(
-          `${flags.out}: the weights do not match ${CHECKPOINT_FILES.trainerState} (a save interrupted between files?); remove ${flags.out} to start over`,
-        );
-      optimizer.importState(state.optimizer);
-      startStep = state.step;
-    }
-    const initFrom = resumed?.init_from ?? flags.model;
-    const stepsPerEpoch = Math.ceil(pairs.length / batchSize);
-    const recent: RewardStepInfo[] = [];
-    const save = (stepsDone: number) => {
-      saveCheckpoint(flags.out, {
-        config: ckpt.config,
-        tensors: model.namedTensors(),
-        tokenizerJson: ckpt.tokenizerJson,
-        tokenizerConfigJson: ckpt.tokenizerConfigJson,
-      });
-      const extra: RmStateExtra = {
-        kind: RM_STATE_KIND,
-        init_from: initFrom,
-        pairs_file: flags.pairs,
-        pairs_sha256: digest,
-        pair_count: pairs.length,
-        total_steps: totalSteps,
-        weights_sha256: weightsDigest(model),
-        options: recorded,
-        recent: {
-          loss: mean(recent.map((r) => r.loss)) ?? resumed?.recent.loss ?? null,
-          accuracy: mean(recent.map((r) => r.accuracy)) ?? resumed?.recent.accuracy ?? null,
-        },
-      };
-      const trainerState: TrainerState = { step: stepsDone, optimizer: optimizer.exportState(), extra };
-      saveTrainerState(flags.out, trainerState);
-      return extra;
-    };
-
     const started = Date.now();
     const bar = progressBar();
-    let last: RmStateExtra | null = resumed;
-    const endStep = Math.min(totalSteps, stepsNow !== undefined ? startStep + stepsNow : totalSteps);
-    if (startStep < endStep) {
-      bar.start(totalSteps, "rm train");
-      bar.update(startStep);
-      trainRewardModel(model, tokenizer, optimizer, pairs, { ...options, startStep, endStep }, (info) => {
-        recent.push(info);
-        // One epoch's worth of steps: the summary's "recent" loss and accuracy.
-        if (recent.length > stepsPerEpoch) recent.shift();
-        const window = recent.slice(-20);
-        bar.update(info.step + 1, {
-          loss: (mean(window.map((r) => r.loss)) ?? 0).toFixed(4),
-          acc: (mean(window.map((r) => r.accuracy)) ?? 0).toFixed(3),
-        });
-        const done = info.step + 1;
-        if (done === endStep || (saveEvery > 0 && done % saveEvery === 0)) last = save(done);
-      });
-      bar.stop();
-    }
+    const window: { loss: number; accuracy: number }[] = [];
+    const result = runRewardTraining(
+      {
+        out: flags.out,
+        restart: flags.restart === true,
+        model,
+        tokenizer,
+        meta: {
+          config: ckpt.config,
+          tokenizerJson: ckpt.tokenizerJson,
+          tokenizerConfigJson: ckpt.tokenizerConfigJson,
+        },
+        pairs,
+        pairsDigest: pairsDigest(pairs),
+        options,
+        weightDecay,
+        saveEvery,
+        ...(stepsNow !== undefined ? { maxStepsNow: stepsNow } : {}),
+      },
+      {
+        onStart: ({ startStep, totalSteps }) => {
+          bar.start(totalSteps, "rm train");
+          bar.update(startStep);
+        },
+        onStep: (record) => {
+          window.push({ loss: record.loss, accuracy: record.metrics[METRIC.accuracy] ?? 0 });
+          if (window.length > 20) window.shift();
+          bar.update(record.step + 1, {
+            loss: (mean(window.map((r) => r.loss)) ?? 0).toFixed(4),
+            acc: (mean(window.map((r) => r.accuracy)) ?? 0).toFixed(3),
+          });
+        },
+      },
+    );
+    bar.stop();
+    if (result.alreadyComplete)
+      process.stderr.write(
+        `selfsteer: ${flags.out} already complete; nothing to do (--restart trains again)\n`,
+      );
+    // The summary's "recent" loss and accuracy: the last epoch's worth of steps.
+    const recent = result.records.slice(-Math.ceil(pairs.length / batchSize));
     printJson({
       out: flags.out,
-      init_from: initFrom,
-      score_head_init: resumed !== null ? "resumed" : scoreHeadInit,
+      init_from: flags.model,
+      score_head_init: result.resumedFrom !== null ? "resumed" : scoreHeadInit,
       pairs: pairs.length,
       formats: countFormats(pairs),
       epochs,
-      total_steps: totalSteps,
-      steps_done: Math.max(startStep, endStep),
-      steps_run: Math.max(0, endStep - startStep),
-      complete: endStep >= totalSteps,
-      resumed_from_step: resumed !== null ? startStep : null,
-      recent_loss: round(last?.recent.loss ?? null),
-      recent_accuracy: round(last?.recent.accuracy ?? null),
+      total_steps: result.totalSteps,
+      steps_done: result.step,
+      steps_run: result.step - result.startStep,
+      complete: result.complete,
+      already_complete: result.alreadyComplete,
+      resumed_from_step: result.resumedFrom !== null ? result.startStep : null,
+      recent_loss: round(mean(recent.map((r) => r.loss))),
+      recent_accuracy: round(mean(recent.map((r) => r.metrics[METRIC.accuracy] ?? 0))),
       seconds: round((Date.now() - started) / 1000, 2),
     });
   } finally {
     kernels.dispose();
   }
-}
-
-function checkResumable(
-  flags: TrainFlags,
-  resumed: RmStateExtra,
-  recorded: RmStateExtra["options"],
-  digest: string,
-  pairCount: number,
-): void {
-  if (resumed.pairs_sha256 !== digest)
-    throw new UserError(
-      `--pairs ${flags.pairs}: differs from the pairs the run in ${flags.out} started with (${resumed.pairs_file}, ${resumed.pair_count} pairs, now ${pairCount}); use another --out to train on new data`,
-    );
-  const flagOf: Record<keyof RmStateExtra["options"], string> = {
-    batch_size: "--batch-size",
-    epochs: "--epochs",
-    lr: "--lr",
-    warmup_ratio: "--warmup-ratio",
-    weight_decay: "--weight-decay",
-    max_grad_norm: "--max-grad-norm",
-    max_len: "--max-len",
-    seed: "--seed",
-  };
-  for (const key of Object.keys(flagOf) as (keyof RmStateExtra["options"])[])
-    if (resumed.options[key] !== recorded[key])
-      throw new UserError(
-        `${flagOf[key]}: the run in ${flags.out} was started with ${resumed.options[key]}, got ${recorded[key]}; resume with the same settings or use another --out`,
-      );
 }
 
 const SectionsFileSchema = z.record(z.string(), z.array(z.string().min(1)));
@@ -432,6 +307,7 @@ export function register(program: Command): void {
     .option("--seed <n>", "seed for the score head and the data order", "0")
     .option("--save-every <n>", "also save every n steps (0: only at the end)", "100")
     .option("--steps <n>", "run at most n steps now, save and exit (rerun to continue)")
+    .option("--restart", "discard what --out holds from an earlier run and start over")
     .option("--warmup-ratio <x>", "fraction of steps warming up", "0.1")
     .option("--weight-decay <x>", "AdamW weight decay (matrices only)", "0.1")
     .option("--max-grad-norm <x>", "global gradient-norm clip", "1")

@@ -172,8 +172,8 @@ export interface TrainRunSpec {
   step: StepFunction;
   /** Commit a checkpoint every this many steps (0: only when stopping early). */
   saveEvery: number;
-  /** Run at most up to this step now, commit and return (rerun to continue). */
-  endStep?: number;
+  /** Run at most this many steps now, commit and return (rerun to continue). */
+  maxStepsNow?: number;
   onStart?: (info: { startStep: number; totalSteps: number; resumedFrom: string | null }) => void;
   onStep?: (record: StepRecord) => void;
   onSaved?: (step: number, dir: string) => void;
@@ -236,7 +236,7 @@ export function trainRun(spec: TrainRunSpec): TrainRunResult {
     committed = step;
     spec.onSaved?.(step, `${run.dir}/checkpoint-${step}`);
   };
-  const endStep = Math.min(spec.endStep ?? total, total);
+  const endStep = Math.min(spec.maxStepsNow === undefined ? total : startStep + spec.maxStepsNow, total);
   class Stop extends Error {}
   try {
     runSteps(model, optimizer, { ...spec.loop, startStep, endStep }, spec.step, (record) => {

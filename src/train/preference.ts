@@ -169,7 +169,6 @@ export function preferenceFingerprint(
   const fields = records.map((r) => [r.instruction, r.p_system, r.n_system, r.chosen, r.rejected, r.raw]);
   const entry = (label: string, value: string | number) => ({ label, value });
   return {
-    startWeights: entry("--model (sha256 of its weights)", startWeights),
     records: entry(
       "--data (sha256 of its records)",
       createHash("sha256").update(JSON.stringify(fields)).digest("hex"),
@@ -185,6 +184,7 @@ export function preferenceFingerprint(
     maxLen: entry("--max-len", options.maxLen),
     microBatch: entry("--micro-batch", options.microBatch),
     seed: entry("--seed", options.seed),
+    startWeights: entry("--model (sha256 of its weights)", startWeights),
   };
 }
 

@@ -9,11 +9,21 @@
  */
 import { scoreByLength } from "../engine/batches.js";
 import type { LlamaModel } from "../engine/model.js";
-import { type AdamW, clipGradNorm, cosineLr } from "../engine/optim.js";
+import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
 import { btLoss } from "../sso/objective.js";
 import type { PreferencePair, ScoreItem } from "../sso/pairs.js";
-import { Rng } from "../util/rng.js";
+import {
+  type LoopOptions,
+  METRIC,
+  type RunHooks,
+  runSteps,
+  type StepFunction,
+  type StepRecord,
+  type TrainRunResult,
+  trainRun,
+} from "./loop.js";
+import { type CheckpointMeta, RunDirectory, weightsDigest } from "./run-dir.js";
 import { type EncodedSequence, encodeResponse, type Message, packBatch } from "./sequences.js";
 
 // ---------------------------------------------------------------------------------------------------
@@ -179,34 +189,58 @@ export interface RewardTrainOptions {
   endStep?: number;
 }
 
-/** What one training step reports. */
-export interface RewardStepInfo {
-  /** 0-based index of the update just taken. */
-  step: number;
-  totalSteps: number;
-  epoch: number;
-  lr: number;
-  /** Mean Bradley-Terry loss over the step's pairs (before the update). */
-  loss: number;
-  /** Fraction of the step's pairs with the chosen response scored higher (before the update). */
-  accuracy: number;
-  /** Mean r_chosen - r_rejected. */
-  margin: number;
-  /** Global gradient norm before clipping; the update is skipped when it is not finite. */
-  gradNorm: number;
-  pairs: number;
-}
+/** The data-order label of reward-model runs (the seed is forked with it). */
+export const REWARD_ORDER = "reward-order";
 
-/** Optimizer steps of a run: ceil(pairs / batchSize) per epoch. */
-export function rewardTotalSteps(pairCount: number, batchSize: number, epochs: number): number {
-  return Math.ceil(pairCount / batchSize) * epochs;
+/** The loop settings of a reward-model run over `pairs` pairs. */
+export function rewardLoopOptions(pairs: number, options: RewardTrainOptions): LoopOptions {
+  return {
+    items: pairs,
+    batchSize: options.batchSize,
+    epochs: options.epochs,
+    seed: options.seed,
+    orderLabel: REWARD_ORDER,
+    peakLr: options.peakLr,
+    warmupRatio: options.warmupRatio,
+    maxGradNorm: options.maxGradNorm,
+  };
 }
 
 /**
- * Trains a reward model (a model with a score head) with the Bradley-Terry loss
- * -log sigmoid(r(x, y_w) - r(x, y_l)), averaged over each step's pairs, with clipped AdamW on the cosine
- * schedule. Pairs are reshuffled every epoch from `seed`, so a run resumed at `startStep` takes exactly
- * the steps the uninterrupted run would have.
+ * The Bradley-Terry step: -log sigmoid(r(x, y_w) - r(x, y_l)) averaged over the batch's pairs, in
+ * micro-batches of similar lengths; reports accuracy (chosen scored higher) and the mean margin.
+ */
+export function rewardStepFunction(
+  model: LlamaModel,
+  tokenizer: BpeTokenizer,
+  encoded: readonly EncodedPair[],
+  microBatch: number,
+): StepFunction {
+  if (!model.hasScoreHead) throw new Error("reward training: the model has no score head");
+  const lengthOf = (i: number) => Math.max(encoded[i].chosen.length, encoded[i].rejected.length);
+  return (batch) => {
+    const idx = batch.slice();
+    // Similar lengths in a micro-batch waste little on padding; the step's sum does not depend on it.
+    idx.sort((a, b) => lengthOf(a) - lengthOf(b));
+    model.zeroGrad();
+    const sums = accumulateBtGradients(
+      model,
+      idx.map((i) => encoded[i]),
+      tokenizer.padId,
+      microBatch,
+      idx.length,
+    );
+    return {
+      loss: sums.loss / idx.length,
+      metrics: { [METRIC.accuracy]: sums.correct / idx.length, [METRIC.margin]: sums.margin / idx.length },
+    };
+  };
+}
+
+/**
+ * Trains a reward model (a model with a score head) with the Bradley-Terry loss in the shared loop,
+ * without a run directory. Pairs are reshuffled every epoch from `seed`, so a run resumed at
+ * `startStep` takes exactly the steps the uninterrupted run would have.
  */
 export function trainRewardModel(
   model: LlamaModel,
@@ -214,52 +248,89 @@ export function trainRewardModel(
   optimizer: AdamW,
   pairs: readonly PreferencePair[],
   options: RewardTrainOptions,
-  onStep?: (info: RewardStepInfo) => void,
-): RewardStepInfo[] {
-  if (!model.hasScoreHead) throw new Error("trainRewardModel: the model has no score head");
+  onStep?: (record: StepRecord) => void,
+): StepRecord[] {
   if (pairs.length === 0) throw new Error("trainRewardModel: no pairs");
   const encoded = pairs.map((p) => encodePair(tokenizer, p, options.maxLen));
-  const stepsPerEpoch = Math.ceil(encoded.length / options.batchSize);
-  const totalSteps = stepsPerEpoch * options.epochs;
-  const rng = new Rng(options.seed).fork("reward-order");
-  const startStep = options.startStep ?? 0;
-  const endStep = Math.min(options.endStep ?? totalSteps, totalSteps);
-  const lengthOf = (i: number) => Math.max(encoded[i].chosen.length, encoded[i].rejected.length);
-  const log: RewardStepInfo[] = [];
-  let step = 0;
-  for (let epoch = 0; epoch < options.epochs; epoch++) {
-    const order = rng.shuffle(encoded.map((_, i) => i));
-    for (let s = 0; s < stepsPerEpoch; s++, step++) {
-      if (step < startStep) continue;
-      if (step >= endStep) return log;
-      const idx = order.slice(s * options.batchSize, (s + 1) * options.batchSize);
-      // Similar lengths in a micro-batch waste little on padding; the step's sum does not depend on it.
-      idx.sort((a, b) => lengthOf(a) - lengthOf(b));
-      model.zeroGrad();
-      const sums = accumulateBtGradients(
-        model,
-        idx.map((i) => encoded[i]),
-        tokenizer.padId,
-        options.microBatch,
-        idx.length,
-      );
-      const gradNorm = clipGradNorm(model.grads, options.maxGradNorm);
-      const lr = cosineLr(step, totalSteps, { peakLr: options.peakLr, warmupRatio: options.warmupRatio });
-      if (Number.isFinite(gradNorm)) optimizer.step(model.params, model.grads, lr);
-      const info: RewardStepInfo = {
-        step,
-        totalSteps,
-        epoch,
-        lr,
-        loss: sums.loss / idx.length,
-        accuracy: sums.correct / idx.length,
-        margin: sums.margin / idx.length,
-        gradNorm,
-        pairs: idx.length,
-      };
-      log.push(info);
-      onStep?.(info);
-    }
-  }
-  return log;
+  return runSteps(
+    model,
+    optimizer,
+    {
+      ...rewardLoopOptions(encoded.length, options),
+      startStep: options.startStep ?? 0,
+      ...(options.endStep !== undefined ? { endStep: options.endStep } : {}),
+    },
+    rewardStepFunction(model, tokenizer, encoded, options.microBatch),
+    onStep,
+  );
+}
+
+/** A reward-model run into a run directory (what `selfsteer rm train` trains). */
+export interface RewardRunInput {
+  out: string;
+  /** Discard what an earlier run left in `out`. */
+  restart?: boolean;
+  /** The starting reward model (score head initialised; its weights are part of the fingerprint). */
+  model: LlamaModel;
+  tokenizer: BpeTokenizer;
+  /** Config and tokenizer files written with the weights. */
+  meta: CheckpointMeta;
+  pairs: readonly PreferencePair[];
+  /** A digest of the pairs' contents (names the data in the fingerprint). */
+  pairsDigest: string;
+  options: Omit<RewardTrainOptions, "startStep" | "endStep">;
+  weightDecay: number;
+  /** Commit a checkpoint every this many steps (0: only when stopped early). */
+  saveEvery: number;
+  /** Run at most this many steps now, commit and return (rerun to continue). */
+  maxStepsNow?: number;
+}
+
+/**
+ * Reward-model training in a run directory: refuses changed inputs, resumes from the last checkpoint,
+ * recognises a finished run, and writes the final reward model.
+ */
+export function runRewardTraining(input: RewardRunInput, hooks: RunHooks = {}): TrainRunResult {
+  const { model, tokenizer, options } = input;
+  if (input.pairs.length === 0) throw new Error("runRewardTraining: no pairs");
+  const entry = (label: string, value: string | number) => ({ label, value });
+  const run = RunDirectory.open(input.out, {
+    kind: "reward-model",
+    fingerprint: {
+      pairs: entry("--pairs (sha256 of its pairs)", input.pairsDigest),
+      pairCount: entry("--pairs (pairs)", input.pairs.length),
+      batchSize: entry("--batch-size", options.batchSize),
+      epochs: entry("--epochs", options.epochs),
+      lr: entry("--lr", options.peakLr),
+      warmupRatio: entry("--warmup-ratio", options.warmupRatio),
+      weightDecay: entry("--weight-decay", input.weightDecay),
+      maxGradNorm: entry("--max-grad-norm", options.maxGradNorm),
+      maxLen: entry("--max-len", options.maxLen),
+      microBatch: entry("--micro-batch", options.microBatch),
+      seed: entry("--seed", options.seed),
+      // Last: a changed --seed also changes a new score head, and the message should name --seed.
+      startWeights: entry(
+        "--model (sha256 of its weights and the score head's seeded init)",
+        weightsDigest(model),
+      ),
+    },
+    restart: input.restart === true,
+    restartHint: "pass --restart",
+  });
+  const optimizer = new AdamW(model.numParams, {
+    weightDecay: input.weightDecay,
+    decayMask: decayMaskFromSpecs(model.specs),
+  });
+  const encoded = input.pairs.map((p) => encodePair(tokenizer, p, options.maxLen));
+  return trainRun({
+    run,
+    model,
+    optimizer,
+    meta: input.meta,
+    loop: rewardLoopOptions(encoded.length, options),
+    step: rewardStepFunction(model, tokenizer, encoded, options.microBatch),
+    saveEvery: input.saveEvery,
+    ...(input.maxStepsNow !== undefined ? { maxStepsNow: input.maxStepsNow } : {}),
+    ...hooks,
+  });
 }

@@ -173,11 +173,10 @@ export interface SftRunInput {
  */
 export function runSftTraining(input: SftRunInput, hooks: RunHooks = {}): TrainRunResult {
   const { model, tokenizer, settings } = input;
-  const fingerprint: Fingerprint = {
-    startWeights: { label: "--model (sha256 of its weights)", value: weightsDigest(model) },
-  };
+  const fingerprint: Fingerprint = {};
   for (const [key, flag] of Object.entries(SFT_SETTING_FLAGS) as [keyof SftRunSettings, string][])
     fingerprint[key] = { label: flag, value: settings[key] };
+  fingerprint.startWeights = { label: "--model (sha256 of its weights)", value: weightsDigest(model) };
   const run = RunDirectory.open(input.out, {
     kind: "sft",
     fingerprint,
