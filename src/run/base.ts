@@ -8,11 +8,10 @@ import { tokenizerConfigJson } from "../engine/chat.js";
 import { LlamaConfigSchema } from "../engine/config.js";
 import type { Kernels } from "../engine/kernels/types.js";
 import { LlamaModel } from "../engine/model.js";
-import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
 import { BpeTokenizer } from "../engine/tokenizer.js";
-import { type StepRecord, trainRun } from "../train/loop.js";
+import { loopOptions, type StepRecord, trainRun } from "../train/loop.js";
 import { type Fingerprint, RunDirectory } from "../train/run-dir.js";
-import { encodeSftExample, type SftOptions, sftLoopOptions, sftStepFunction } from "../train/sft.js";
+import { encodeSftExample, SFT_ORDER, type SftOptions, sftStepFunction } from "../train/sft.js";
 import { Rng } from "../util/rng.js";
 import { buildSftCorpus } from "../world/corpus.js";
 
@@ -99,10 +98,6 @@ export function trainWorldBase(
   });
   const model = new LlamaModel(config, kernels);
   model.initRandom(new Rng(options.seed).fork("init"));
-  const optimizer = new AdamW(model.params.length, {
-    weightDecay: options.weightDecay,
-    decayMask: decayMaskFromSpecs(model.specs),
-  });
   const { out: _out, saveEvery: _saveEvery, ...settings } = options;
   const fingerprint: Fingerprint = Object.fromEntries(
     Object.entries(settings).map(([key, value]) => [key, { label: key, value }]),
@@ -130,9 +125,9 @@ export function trainWorldBase(
   const result = trainRun({
     run,
     model,
-    optimizer,
+    weightDecay: options.weightDecay,
     meta: { config, tokenizerJson: tokenizer.toJSON(), tokenizerConfigJson: tokenizerConfigJson(tokenizer) },
-    loop: sftLoopOptions(encoded.length, sft),
+    loop: loopOptions(encoded.length, sft, SFT_ORDER),
     step: sftStepFunction(model, tokenizer, encoded, options.microBatch),
     saveEvery: options.saveEvery,
     ...(onStep ? { onStep } : {}),

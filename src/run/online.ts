@@ -28,6 +28,7 @@ import {
   scoreRecords,
   scoreResponses,
 } from "../train/preference.js";
+import { removeTempLeftovers } from "../train/run-dir.js";
 import { UserError } from "../util/errors.js";
 import { writeJsonAtomic } from "../util/fsio.js";
 import { Rng } from "../util/rng.js";
@@ -232,6 +233,7 @@ async function baseEvaluation(
   queries: readonly WorldQuery[],
 ): Promise<{ answers: string[]; metrics: IterationMetrics }> {
   const path = join(config.runDir, "base-eval.json");
+  removeTempLeftovers(config.runDir);
   if (existsSync(path))
     return JSON.parse(readFileSync(path, "utf8")) as { answers: string[]; metrics: IterationMetrics };
   session.loadBase();
@@ -286,6 +288,7 @@ export async function runOnline(
       weightsAt = k - 1;
     }
     mkdirSync(dir, { recursive: true });
+    removeTempLeftovers(dir); // of an interrupted run's atomic writes
     const queries = trainQueries(new Rng(config.seed).fork(`iteration-${k}`), config.queriesPerIteration);
     const byId = new Map(queries.map((q) => [q.id, q]));
 

@@ -6,7 +6,7 @@
  * directory (run-dir.ts): resume, periodic crash-consistent checkpoints, metrics.jsonl, the final model.
  */
 import type { LlamaModel } from "../engine/model.js";
-import { type AdamW, clipGradNorm, cosineLr } from "../engine/optim.js";
+import { AdamW, clipGradNorm, cosineLr, decayMaskFromSpecs } from "../engine/optim.js";
 import { UserError } from "../util/errors.js";
 import { Rng } from "../util/rng.js";
 import type { CheckpointMeta, RunDirectory } from "./run-dir.js";
@@ -75,6 +75,18 @@ export interface LoopOptions {
   startStep?: number;
   /** Stop before this step (exclusive; default: the end of the last epoch). */
   endStep?: number;
+}
+
+/** The schedule settings every trainer's options carry. */
+export type ScheduleOptions = Pick<
+  LoopOptions,
+  "batchSize" | "epochs" | "seed" | "peakLr" | "warmupRatio" | "maxGradNorm"
+>;
+
+/** The loop settings of a run over `items` examples, its data order forked from the seed by `orderLabel`. */
+export function loopOptions(items: number, options: ScheduleOptions, orderLabel: string): LoopOptions {
+  const { batchSize, epochs, seed, peakLr, warmupRatio, maxGradNorm } = options;
+  return { items, batchSize, epochs, seed, orderLabel, peakLr, warmupRatio, maxGradNorm };
 }
 
 /** Optimizer steps of a run: ceil(items / batchSize) per epoch. */
@@ -165,7 +177,8 @@ function recordOfLine(line: Record<string, number>, total: number): StepRecord {
 export interface TrainRunSpec {
   run: RunDirectory;
   model: LlamaModel;
-  optimizer: AdamW;
+  /** AdamW's decoupled weight decay (on matrices only, as the HF Trainer does). */
+  weightDecay: number;
   /** Config and tokenizer files written with the weights. */
   meta: CheckpointMeta;
   loop: Omit<LoopOptions, "startStep" | "endStep">;
@@ -207,7 +220,11 @@ export interface TrainRunResult {
  * checkpoint that stays good.
  */
 export function trainRun(spec: TrainRunSpec): TrainRunResult {
-  const { run, model, optimizer } = spec;
+  const { run, model } = spec;
+  const optimizer = new AdamW(model.numParams, {
+    weightDecay: spec.weightDecay,
+    decayMask: decayMaskFromSpecs(model.specs),
+  });
   const total = totalSteps(spec.loop.items, spec.loop.batchSize, spec.loop.epochs);
   const saved = run.latest();
   if (saved !== null && saved.totalSteps !== total)

@@ -1,8 +1,7 @@
 import { createHash } from "node:crypto";
 import { scoreByLength } from "../engine/batches.js";
-import { tokenizerConfigJson } from "../engine/chat.js";
 import type { LlamaModel } from "../engine/model.js";
-import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
+import type { AdamW } from "../engine/optim.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
 import {
   type ObjectiveConfig,
@@ -13,16 +12,9 @@ import {
   ssoObjective,
 } from "../sso/objective.js";
 import type { PreferenceRecord } from "../sso/pairs.js";
-import {
-  type LoopOptions,
-  type RunHooks,
-  runSteps,
-  type StepFunction,
-  type StepRecord,
-  type TrainRunResult,
-  trainRun,
-} from "./loop.js";
-import { type Fingerprint, RunDirectory, weightsDigest } from "./run-dir.js";
+import type { RunHooks, StepFunction, StepRecord, TrainRunResult } from "./loop.js";
+import { loopOptions, runSteps, trainRun } from "./loop.js";
+import { checkpointMeta, type Fingerprint, RunDirectory, weightsDigest } from "./run-dir.js";
 import { type EncodedSequence, encodeResponse, type Message, packBatch } from "./sequences.js";
 
 /** The prompt and response of each of the six sequences of a record (docs/algorithm.md, "The six sequences and three pairs"): the neg pair prefers y0 over y+. */
@@ -143,20 +135,6 @@ export interface PreferenceTrainOptions extends SequenceOptions {
 /** The data-order label of preference runs (the seed is forked with it). */
 export const PREFERENCE_ORDER = "preference-order";
 
-/** The loop settings of a preference run over `records` records. */
-export function preferenceLoopOptions(records: number, options: PreferenceTrainOptions): LoopOptions {
-  return {
-    items: records,
-    batchSize: options.batchSize,
-    epochs: options.epochs,
-    seed: options.seed,
-    orderLabel: PREFERENCE_ORDER,
-    peakLr: options.peakLr,
-    warmupRatio: options.warmupRatio,
-    maxGradNorm: options.maxGradNorm,
-  };
-}
-
 /**
  * Everything a preference run's result depends on: the starting weights, the records, the objective
  * and the schedule (labelled with the flags of `selfsteer train` and `iterate`).
@@ -205,7 +183,7 @@ export function trainPreference(
   return runSteps(
     model,
     optimizer,
-    { ...preferenceLoopOptions(records.length, options), startStep: options.startStep ?? 0 },
+    { ...loopOptions(records.length, options, PREFERENCE_ORDER), startStep: options.startStep ?? 0 },
     preferenceStepFunction(model, tokenizer, records, reference, options),
     onStep,
   );
@@ -330,20 +308,12 @@ export function runPreferenceTraining(input: PreferenceRunInput, hooks: RunHooks
     restartHint: input.restartHint,
   });
   const reference = run.finished() === null ? input.reference() : null;
-  const optimizer = new AdamW(model.params.length, {
-    weightDecay: input.weightDecay,
-    decayMask: decayMaskFromSpecs(model.specs),
-  });
   return trainRun({
     run,
     model,
-    optimizer,
-    meta: {
-      config: model.config,
-      tokenizerJson: tokenizer.toJSON(),
-      tokenizerConfigJson: tokenizerConfigJson(tokenizer),
-    },
-    loop: preferenceLoopOptions(records.length, options),
+    weightDecay: input.weightDecay,
+    meta: checkpointMeta(model, tokenizer),
+    loop: loopOptions(records.length, options, PREFERENCE_ORDER),
     step: preferenceStepFunction(model, tokenizer, records, reference, options),
     saveEvery: input.saveEvery,
     ...hooks,

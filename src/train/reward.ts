@@ -9,20 +9,12 @@
  */
 import { scoreByLength } from "../engine/batches.js";
 import type { LlamaModel } from "../engine/model.js";
-import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
+import type { AdamW } from "../engine/optim.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
 import { btLoss } from "../sso/objective.js";
 import type { PreferencePair, ScoreItem } from "../sso/pairs.js";
-import {
-  type LoopOptions,
-  METRIC,
-  type RunHooks,
-  runSteps,
-  type StepFunction,
-  type StepRecord,
-  type TrainRunResult,
-  trainRun,
-} from "./loop.js";
+import type { RunHooks, StepFunction, StepRecord, TrainRunResult } from "./loop.js";
+import { loopOptions, METRIC, runSteps, trainRun } from "./loop.js";
 import { type CheckpointMeta, RunDirectory, weightsDigest } from "./run-dir.js";
 import { type EncodedSequence, encodeResponse, type Message, packBatch } from "./sequences.js";
 
@@ -192,20 +184,6 @@ export interface RewardTrainOptions {
 /** The data-order label of reward-model runs (the seed is forked with it). */
 export const REWARD_ORDER = "reward-order";
 
-/** The loop settings of a reward-model run over `pairs` pairs. */
-export function rewardLoopOptions(pairs: number, options: RewardTrainOptions): LoopOptions {
-  return {
-    items: pairs,
-    batchSize: options.batchSize,
-    epochs: options.epochs,
-    seed: options.seed,
-    orderLabel: REWARD_ORDER,
-    peakLr: options.peakLr,
-    warmupRatio: options.warmupRatio,
-    maxGradNorm: options.maxGradNorm,
-  };
-}
-
 /**
  * The Bradley-Terry step: -log sigmoid(r(x, y_w) - r(x, y_l)) averaged over the batch's pairs, in
  * micro-batches of similar lengths; reports accuracy (chosen scored higher) and the mean margin.
@@ -256,7 +234,7 @@ export function trainRewardModel(
     model,
     optimizer,
     {
-      ...rewardLoopOptions(encoded.length, options),
+      ...loopOptions(encoded.length, options, REWARD_ORDER),
       startStep: options.startStep ?? 0,
       ...(options.endStep !== undefined ? { endStep: options.endStep } : {}),
     },
@@ -317,17 +295,13 @@ export function runRewardTraining(input: RewardRunInput, hooks: RunHooks = {}): 
     restart: input.restart === true,
     restartHint: "pass --restart",
   });
-  const optimizer = new AdamW(model.numParams, {
-    weightDecay: input.weightDecay,
-    decayMask: decayMaskFromSpecs(model.specs),
-  });
   const encoded = input.pairs.map((p) => encodePair(tokenizer, p, options.maxLen));
   return trainRun({
     run,
     model,
-    optimizer,
+    weightDecay: input.weightDecay,
     meta: input.meta,
-    loop: rewardLoopOptions(encoded.length, options),
+    loop: loopOptions(encoded.length, options, REWARD_ORDER),
     step: rewardStepFunction(model, tokenizer, encoded, options.microBatch),
     saveEvery: input.saveEvery,
     ...(input.maxStepsNow !== undefined ? { maxStepsNow: input.maxStepsNow } : {}),

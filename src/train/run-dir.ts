@@ -33,6 +33,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
+import { type TokenizerConfigOptions, tokenizerConfigJson } from "../engine/chat.js";
 import {
   CHECKPOINT_FILES,
   type CheckpointContents,
@@ -44,6 +45,7 @@ import {
 } from "../engine/checkpoint.js";
 import type { LlamaModel } from "../engine/model.js";
 import type { AdamW } from "../engine/optim.js";
+import type { BpeTokenizer } from "../engine/tokenizer.js";
 import { crashPoint } from "../util/crash.js";
 import { UserError } from "../util/errors.js";
 import { readJsonFile, writeFileAtomic, writeJsonAtomic } from "../util/fsio.js";
@@ -121,6 +123,19 @@ function fingerprintDigest(fingerprint: Fingerprint): string {
 export function weightsDigest(model: LlamaModel): string {
   // A copy: kernel memory may be a SharedArrayBuffer, which hashing does not take.
   return createHash("sha256").update(new Uint8Array(model.params.slice().buffer)).digest("hex");
+}
+
+/** The config and tokenizer files saved with a model's weights (HF layout). */
+export function checkpointMeta(
+  model: LlamaModel,
+  tokenizer: BpeTokenizer,
+  options: TokenizerConfigOptions = {},
+): CheckpointMeta {
+  return {
+    config: model.config,
+    tokenizerJson: tokenizer.toJSON(),
+    tokenizerConfigJson: tokenizerConfigJson(tokenizer, options),
+  };
 }
 
 /** sha256 of a file's bytes, for data files in a fingerprint. */
@@ -395,8 +410,7 @@ export class RunDirectory {
 
   /** Temp files and directories of interrupted saves. */
   private removeLeftovers(): void {
-    for (const name of readdirSync(this.dir))
-      if (TEMP_NAME.test(name)) rmSync(join(this.dir, name), { recursive: true, force: true });
+    removeTempLeftovers(this.dir);
   }
 
   private checkpointDirs(): { dir: string; step: number }[] {
@@ -416,6 +430,13 @@ export class RunDirectory {
       );
     writeFileAtomic(path, kept.map((r) => `${JSON.stringify(r)}\n`).join(""));
   }
+}
+
+/** Removes the temp files and directories interrupted atomic writes left in `dir` (not below it). */
+export function removeTempLeftovers(dir: string): void {
+  if (!existsSync(dir)) return;
+  for (const name of readdirSync(dir))
+    if (TEMP_NAME.test(name)) rmSync(join(dir, name), { recursive: true, force: true });
 }
 
 /** Refuses to save weights that are not all finite (they would poison every later load). */

@@ -1,18 +1,9 @@
-import { tokenizerConfigJson } from "../engine/chat.js";
 import type { LlamaModel } from "../engine/model.js";
-import { AdamW, decayMaskFromSpecs } from "../engine/optim.js";
+import type { AdamW } from "../engine/optim.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
-import {
-  type LoopOptions,
-  METRIC,
-  type RunHooks,
-  runSteps,
-  type StepFunction,
-  type StepRecord,
-  type TrainRunResult,
-  trainRun,
-} from "./loop.js";
-import { type Fingerprint, RunDirectory, weightsDigest } from "./run-dir.js";
+import type { RunHooks, StepFunction, StepRecord, TrainRunResult } from "./loop.js";
+import { loopOptions, METRIC, runSteps, trainRun } from "./loop.js";
+import { checkpointMeta, type Fingerprint, RunDirectory, weightsDigest } from "./run-dir.js";
 import { type EncodedSequence, encodeConversation, type Message, packBatch } from "./sequences.js";
 
 /** A supervised example: a conversation whose assistant turns are learned, or raw text (all tokens). */
@@ -88,20 +79,6 @@ export function sftStepFunction(
   };
 }
 
-/** The loop settings of an SFT run over `items` examples. */
-export function sftLoopOptions(items: number, options: SftOptions): LoopOptions {
-  return {
-    items,
-    batchSize: options.batchSize,
-    epochs: options.epochs,
-    seed: options.seed,
-    orderLabel: SFT_ORDER,
-    peakLr: options.peakLr,
-    warmupRatio: options.warmupRatio,
-    maxGradNorm: options.maxGradNorm,
-  };
-}
-
 /** Next-token training without a run directory (sftStepFunction in the shared loop). */
 export function trainSft(
   model: LlamaModel,
@@ -115,7 +92,7 @@ export function trainSft(
   return runSteps(
     model,
     optimizer,
-    { ...sftLoopOptions(encoded.length, options), startStep: options.startStep ?? 0 },
+    { ...loopOptions(encoded.length, options, SFT_ORDER), startStep: options.startStep ?? 0 },
     sftStepFunction(model, tokenizer, encoded, options.microBatch),
     onStep,
   );
@@ -183,10 +160,6 @@ export function runSftTraining(input: SftRunInput, hooks: RunHooks = {}): TrainR
     restart: input.restart === true,
     restartHint: "pass --restart",
   });
-  const optimizer = new AdamW(model.numParams, {
-    weightDecay: settings.weightDecay,
-    decayMask: decayMaskFromSpecs(model.specs),
-  });
   const encoded = input.examples.map((e) => encodeSftExample(tokenizer, e, settings.maxLen));
   // Plan activations once for the largest micro-batch, so the arena does not grow batch by batch.
   let longest = 1;
@@ -205,15 +178,9 @@ export function runSftTraining(input: SftRunInput, hooks: RunHooks = {}): TrainR
   return trainRun({
     run,
     model,
-    optimizer,
-    meta: {
-      config: model.config,
-      tokenizerJson: tokenizer.toJSON(),
-      tokenizerConfigJson: tokenizerConfigJson(tokenizer, {
-        modelMaxLength: model.config.max_position_embeddings,
-      }),
-    },
-    loop: sftLoopOptions(encoded.length, options),
+    weightDecay: settings.weightDecay,
+    meta: checkpointMeta(model, tokenizer, { modelMaxLength: model.config.max_position_embeddings }),
+    loop: loopOptions(encoded.length, options, SFT_ORDER),
     step: sftStepFunction(model, tokenizer, encoded, settings.microBatch),
     saveEvery: input.saveEvery,
     ...hooks,
