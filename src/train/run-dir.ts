@@ -306,8 +306,7 @@ export class RunDirectory {
     crashPoint("publish-optimizer");
     for (const [name, value] of Object.entries(extraFiles)) writeJsonAtomic(join(this.dir, name), value);
     crashPoint("publish-extra");
-    const extra = Object.keys(extraFiles);
-    const commit = this.commitRecord(this.dir, totalSteps, true, extra);
+    const commit = this.commitRecord(this.dir, totalSteps, true);
     writeJsonAtomic(join(this.dir, CHECKPOINT_FILES.trainerState), { ...stateJson, extra: commit });
     crashPoint("publish-state");
     this.removeCheckpoints();
@@ -325,15 +324,12 @@ export class RunDirectory {
     this.metricsFd = null;
   }
 
-  private commitRecord(dir: string, totalSteps: number, complete: boolean, extra: string[] = []): Commit {
-    const names = [
-      CHECKPOINT_FILES.config,
-      CHECKPOINT_FILES.weights,
-      CHECKPOINT_FILES.tokenizer,
-      CHECKPOINT_FILES.tokenizerConfig,
-      CHECKPOINT_FILES.optimizer,
-      ...extra,
-    ].filter((name) => existsSync(join(dir, name)));
+  /** Every file the state consists of (weights and their shards, tokenizer, optimizer, extras), hashed. */
+  private commitRecord(dir: string, totalSteps: number, complete: boolean): Commit {
+    const own = new Set<string>([RUN_FILES.run, RUN_FILES.metrics, CHECKPOINT_FILES.trainerState]);
+    const names = readdirSync(dir)
+      .filter((name) => !own.has(name) && !TEMP_NAME.test(name) && statSync(join(dir, name)).isFile())
+      .sort();
     return {
       kind: this.kind,
       run: this.runDigest,
