@@ -185,10 +185,13 @@ function meanStd(xs: number[], digits = 3): string {
     : mean(xs).toFixed(digits);
 }
 
-/** The offline table in Markdown: one line per data source, mean ± std over seeds. */
-export function offlineMarkdown(rows: readonly OfflineRow[]): string {
-  const groups = [...new Set(rows.map((r) => r.data))];
-  const body = groups.map((g) => {
+/** A Markdown table with one line per data source: its name, runs, mean ± std of pairs, then `cells`. */
+function perDataTable<R extends { data: string; pairs: number }>(
+  rows: readonly R[],
+  header: string[],
+  cells: (runs: R[]) => string[],
+): string {
+  const body = [...new Set(rows.map((r) => r.data))].map((g) => {
     const rs = rows.filter((r) => r.data === g);
     return [
       g,
@@ -197,6 +200,18 @@ export function offlineMarkdown(rows: readonly OfflineRow[]): string {
         rs.map((r) => r.pairs),
         0,
       ),
+      ...cells(rs),
+    ];
+  });
+  return `${markdownTable(header, body)}\n`;
+}
+
+/** The offline table in Markdown: one line per data source, mean ± std over seeds. */
+export function offlineMarkdown(rows: readonly OfflineRow[]): string {
+  return perDataTable(
+    rows,
+    ["training data", "runs", "pairs", "gold", "win vs base", "LC win", "exact", "length"],
+    (rs) => [
       meanStd(rs.map((r) => r.goldScore)),
       meanStd(rs.map((r) => r.winRate)),
       meanStd(rs.map((r) => r.winRateLC)),
@@ -205,9 +220,8 @@ export function offlineMarkdown(rows: readonly OfflineRow[]): string {
         rs.map((r) => r.meanLength),
         0,
       ),
-    ];
-  });
-  return `${markdownTable(["training data", "runs", "pairs", "gold", "win vs base", "LC win", "exact", "length"], body)}\n`;
+    ],
+  );
 }
 
 /** One row of the reward-model table. */
@@ -297,19 +311,8 @@ export async function rewardModelTable(
 /** The reward-model table in Markdown: sections and overall, mean ± std over seeds. */
 export function rewardMarkdown(rows: readonly RewardRow[]): string {
   const sections = Object.keys(REWARDBENCH_SECTIONS);
-  const groups = [...new Set(rows.map((r) => r.data))];
-  const body = groups.map((g) => {
-    const rs = rows.filter((r) => r.data === g);
-    return [
-      g,
-      String(rs.length),
-      meanStd(
-        rs.map((r) => r.pairs),
-        0,
-      ),
-      ...sections.map((s) => meanStd(rs.map((r) => r.sections[s] ?? 0))),
-      meanStd(rs.map((r) => r.overall)),
-    ];
-  });
-  return `${markdownTable(["reward-model data", "seeds", "pairs", ...sections, "overall"], body)}\n`;
+  return perDataTable(rows, ["reward-model data", "seeds", "pairs", ...sections, "overall"], (rs) => [
+    ...sections.map((s) => meanStd(rs.map((r) => r.sections[s] ?? 0))),
+    meanStd(rs.map((r) => r.overall)),
+  ]);
 }
