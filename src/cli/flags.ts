@@ -62,6 +62,7 @@ function oneOf(values: readonly string[], anyCase = false): FlagRule {
 /** Rules by long flag name; `"<command path> <flag>"` keys override them for one command. */
 export const FLAG_RULES: Readonly<Record<string, FlagRule>> = {
   "--backend": oneOf(BACKENDS),
+  "--batch": int(1),
   "--batch-size": int(1),
   "--beta": num(0),
   "--concision-rate": num(0, 1),
@@ -109,6 +110,7 @@ export const FLAG_RULES: Readonly<Record<string, FlagRule>> = {
   "--save-every": int(0),
   "--seed": int(0),
   "--seeds": list(int(0)),
+  "--seq-len": int(1),
   "--size": int(1),
   "--std": num(0),
   "--steps": int(1),
