@@ -3,7 +3,7 @@ import { z } from "zod";
 /**
  * Model configuration with Hugging Face config.json field names, so `config.json` round-trips with
  * transformers. Four decoder families share the engine; they differ only in what the config turns on
- * (README.md, "Model families"):
+ * (docs/extending.md, "A model family"):
  * - `llama` (LlamaForCausalLM): optional q/k/v/o biases (`attention_bias`) and MLP biases (`mlp_bias`),
  *   RoPE scaling of type `linear` or `llama3` (Llama 3.1 / 3.2);
  * - `qwen2` (Qwen2 / Qwen2.5): q/k/v biases always, no o_proj bias (attention_bias is ignored, as
