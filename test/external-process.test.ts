@@ -60,6 +60,8 @@ test("iterate's external flags are checked before any process starts", () => {
     `${JSON.stringify({ id: "a", prompt: "x" })}\n${JSON.stringify({ id: "b", prompt: "y" })}\n`,
   );
   const out = join(work, "run");
+  // One iteration on one query: valid, so each case below fails only on the flag it adds.
+  const oneIteration = ["iterate", "--prompts", prompts, "--queries", "1", "--iterations", "1", "--out", out];
   fails(
     ["--policy-serve: external components need --prompts"],
     "iterate",
@@ -80,46 +82,12 @@ test("iterate's external flags are checked before any process starts", () => {
     "--out",
     out,
   );
-  fails(
-    ["--train: unknown placeholder {ouput}"],
-    "iterate",
-    "--prompts",
-    prompts,
-    "--queries",
-    "1",
-    "--iterations",
-    "1",
-    "--out",
-    out,
-    "--train",
-    "cp -r {model} {ouput}",
-  );
+  fails(["--train: unknown placeholder {ouput}"], ...oneIteration, "--train", "cp -r {model} {ouput}");
   fails(
     ["--policy-serve: the template must use {port}"],
-    "iterate",
-    "--prompts",
-    prompts,
-    "--queries",
-    "1",
-    "--iterations",
-    "1",
-    "--out",
-    out,
+    ...oneIteration,
     "--policy-serve",
     "vllm serve {model}",
   );
-  fails(
-    ["--judge llm: give --judge-serve or --judge-endpoint"],
-    "iterate",
-    "--prompts",
-    prompts,
-    "--queries",
-    "1",
-    "--iterations",
-    "1",
-    "--out",
-    out,
-    "--judge",
-    "llm",
-  );
+  fails(["--judge llm: give --judge-serve or --judge-endpoint"], ...oneIteration, "--judge", "llm");
 });
