@@ -68,6 +68,8 @@ export const FLAG_RULES: Readonly<Record<string, FlagRule>> = {
   "--concision-rate": num(0, 1),
   "--concurrency": int(1),
   "--corpus-size": int(1),
+  "--follow-rate": num(0, 1),
+  "--base-rate": num(0, 1),
   "--count": int(1),
   "--drain-timeout": num(0, 86_400),
   "--epochs": int(1),

@@ -53,6 +53,16 @@ export function register(program: Command): void {
     .requiredOption("--out <dir>", "checkpoint directory to write")
     .option("--seed <n>", "seed of corpus, tokenizer and init", String(WORLD_BASE_DEFAULTS.seed))
     .option("--corpus-size <n>", "SFT examples", String(WORLD_BASE_DEFAULTS.corpusSize))
+    .option(
+      "--follow-rate <p>",
+      "probability that a feature named by the system prompt follows its principle",
+      String(WORLD_BASE_DEFAULTS.followRate),
+    )
+    .option(
+      "--base-rate <p>",
+      "probability that a feature no principle names is behaved well",
+      String(WORLD_BASE_DEFAULTS.baseRate),
+    )
     .option("--vocab <n>", "BPE vocabulary size", String(WORLD_BASE_DEFAULTS.vocab))
     .option("--hidden <n>", "hidden size", String(WORLD_BASE_DEFAULTS.hidden))
     .option("--intermediate <n>", "MLP size", String(WORLD_BASE_DEFAULTS.intermediate))
@@ -75,6 +85,8 @@ export function register(program: Command): void {
         out: str("out"),
         seed: parseIntFlag("--seed", str("seed"), 0),
         corpusSize: parseIntFlag("--corpus-size", str("corpusSize"), 1),
+        followRate: parseNumberFlag("--follow-rate", str("followRate"), 0, 1),
+        baseRate: parseNumberFlag("--base-rate", str("baseRate"), 0, 1),
         vocab: parseIntFlag("--vocab", str("vocab"), 260),
         hidden: parseIntFlag("--hidden", str("hidden"), 2),
         intermediate: parseIntFlag("--intermediate", str("intermediate"), 1),
