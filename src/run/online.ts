@@ -5,8 +5,12 @@
  * policy (feature identification, catalog principles, y+ / y- / y0, reference filters) — or, for
  * `offpolicy`, gold-labelled pairs written by the world's generator; freeze the reference (score the
  * records once with the current weights); train one epoch with the method's objective; evaluate on the
- * held-out queries; checkpoint. Every stage writes its result atomically under the run directory, so
- * an interrupted run resumes at the stage (and training step) where it stopped.
+ * held-out queries; checkpoint. The generator methods insert two stages before the policy's training
+ * (src/run/generator.ts). Every stage writes its result atomically under the run directory, so an
+ * interrupted run resumes at the stage (and training step) where it stopped.
+ *
+ * Iteration 1's records are the same for every method that builds them from the base (same queries,
+ * seeds and weights), so they are built once per seed, in <runDir>/shared/iter-1/, and read by all.
  */
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -35,9 +39,20 @@ import { Rng } from "../util/rng.js";
 import { offPolicyPairs } from "../world/corpus.js";
 import { worldJudge } from "../world/judge.js";
 import { evalQueries, trainQueries, type WorldQuery } from "../world/tasks.js";
+import { GENERATOR_BETA, isGeneratorMethod, runGeneratorStages } from "./generator.js";
+import { meanMetrics } from "./step-metrics.js";
 
-/** The methods of the paper's comparisons, in our world. */
-export const METHODS = ["sso", "pbaa", "no-weight", "no-steer", "offpolicy"] as const;
+/** The methods of the paper's comparisons, in our world (docs/protocol.md, "What is compared"). */
+export const METHODS = [
+  "sso",
+  "pbaa",
+  "no-weight",
+  "no-steer",
+  "offpolicy",
+  "generator",
+  "generator-pos",
+  "generator-neg",
+] as const;
 /** One method. */
 export type Method = (typeof METHODS)[number];
 
@@ -50,11 +65,15 @@ export type OnlineLoss = (typeof ONLINE_LOSSES)[number];
 export interface OnlineConfig {
   /** Directory of the base checkpoint (iteration 0). */
   baseModel: string;
-  /** Run directory: <runDir>/<method>/iter-<k>/ and the shared base evaluation. */
+  /** Run directory: <runDir>/<label>/iter-<k>/, the shared base evaluation and <runDir>/shared/. */
   runDir: string;
   method: Method;
+  /** The run's directory name and its name in events and reports (default: the method). */
+  label?: string;
   loss: OnlineLoss;
   beta: number;
+  /** G_beta, the scale of the steering pairs (`sso.steerBeta`; default: the objective's, 0.1). */
+  steerBeta?: number;
   iterations: number;
   seed: number;
   /** Fresh training queries per iteration. */
@@ -96,26 +115,50 @@ export interface IterationMetrics extends EvalResult {
   drops: Record<string, number> | null;
   /** Mean training metrics of the objective over the iteration's steps (rewards/*, loss/*, sso/weight). */
   train: Record<string, number> | null;
+  /**
+   * Generator methods only: the SSO records the generator trained on (count, drops, signal accuracy)
+   * and the mean of its own training metrics. The fields above then describe the generated pairs.
+   */
+  generator?: {
+    records: number;
+    drops: Record<string, number>;
+    signalAccuracy: number;
+    train: Record<string, number> | null;
+  };
 }
 
-/** Progress events for the CLI. */
+/** Progress events for the CLI; `method` is the run's label (the method, or a grid cell's name). */
 export type OnlineEvent =
-  | { type: "stage"; method: Method; iteration: number; stage: string }
-  | { type: "progress"; method: Method; iteration: number; stage: string; done: number; total: number }
-  | { type: "iteration"; method: Method; metrics: IterationMetrics };
+  | { type: "stage"; method: string; iteration: number; stage: string }
+  | { type: "progress"; method: string; iteration: number; stage: string; done: number; total: number }
+  | { type: "iteration"; method: string; metrics: IterationMetrics };
 
-/** The objective of each method (docs/algorithm.md, "Ablations"). */
-export function objectiveFor(method: Method, loss: OnlineLoss, beta: number): ObjectiveConfig {
+/**
+ * The policy's objective under each method (docs/algorithm.md, "Ablations" and "The generator form").
+ * `steerBeta` sets G_beta where the method steers (sso, no-weight); undefined keeps the objective's
+ * default. The generator methods' policy trains with plain DPO, beta 0.1, whatever `loss` and `beta`.
+ */
+export function objectiveFor(
+  method: Method,
+  loss: OnlineLoss,
+  beta: number,
+  steerBeta?: number,
+): ObjectiveConfig {
+  const g = steerBeta === undefined ? {} : { steerBeta };
   switch (method) {
     case "sso":
-      return objectiveConfigSchema.parse({ loss, beta, sso: { weight: "sigmoid", steer: true } });
+      return objectiveConfigSchema.parse({ loss, beta, sso: { weight: "sigmoid", steer: true, ...g } });
     case "no-weight":
-      return objectiveConfigSchema.parse({ loss, beta, sso: { weight: "none", steer: true } });
+      return objectiveConfigSchema.parse({ loss, beta, sso: { weight: "none", steer: true, ...g } });
     case "no-steer":
       return objectiveConfigSchema.parse({ loss, beta, sso: { weight: "sigmoid", steer: false } });
     case "pbaa":
     case "offpolicy":
       return objectiveConfigSchema.parse({ loss, beta });
+    case "generator":
+    case "generator-pos":
+    case "generator-neg":
+      return objectiveConfigSchema.parse({ loss: "dpo", beta: GENERATOR_BETA });
   }
 }
 
@@ -265,36 +308,78 @@ export async function runOnline(
   config: OnlineConfig,
   onEvent: (event: OnlineEvent) => void = () => {},
 ): Promise<IterationMetrics[]> {
-  const objective = objectiveFor(config.method, config.loss, config.beta);
+  const objective = objectiveFor(config.method, config.loss, config.beta, config.steerBeta);
+  const label = config.label ?? config.method;
   const held = evalQueries(config.evalQueries);
   const base = await baseEvaluation(session, config, held);
   const rows: IterationMetrics[] = [base.metrics];
-  onEvent({ type: "iteration", method: config.method, metrics: base.metrics });
-  const methodDir = join(config.runDir, config.method);
+  onEvent({ type: "iteration", method: label, metrics: base.metrics });
+  const methodDir = join(config.runDir, label);
   let weightsAt = -1; // which iteration's weights the model holds (-1: unknown)
+  const loadIteration = (j: number) => {
+    if (j === 0) session.loadBase();
+    else session.loadWeights(join(methodDir, `iter-${j}`, "model"));
+    weightsAt = j;
+  };
   for (let k = 1; k <= config.iterations; k++) {
     const dir = join(methodDir, `iter-${k}`);
     const metricsPath = join(dir, "metrics.json");
     if (existsSync(metricsPath)) {
       const done = JSON.parse(readFileSync(metricsPath, "utf8")) as IterationMetrics;
       rows.push(done);
-      onEvent({ type: "iteration", method: config.method, metrics: done });
+      onEvent({ type: "iteration", method: label, metrics: done });
       continue;
     }
     // Start from the previous iteration's weights.
-    if (weightsAt !== k - 1) {
-      if (k === 1) session.loadBase();
-      else session.loadWeights(join(methodDir, `iter-${k - 1}`, "model"));
-      weightsAt = k - 1;
-    }
+    if (weightsAt !== k - 1) loadIteration(k - 1);
     mkdirSync(dir, { recursive: true });
     removeTempLeftovers(dir); // of an interrupted run's atomic writes
     const queries = trainQueries(new Rng(config.seed).fork(`iteration-${k}`), config.queriesPerIteration);
     const byId = new Map(queries.map((q) => [q.id, q]));
+    const signalOf = (pairs: ReadonlyArray<PreferenceRecord & { id?: string }>) =>
+      mean(
+        pairs.map((r) => {
+          const q = byId.get(recordQueryId(r));
+          return q ? worldJudge.prefers(q, r.chosen, r.rejected) : 0.5;
+        }),
+      );
 
     // 1. Data from the current policy (or the world's generator for offpolicy).
-    onEvent({ type: "stage", method: config.method, iteration: k, stage: "build" });
-    const { records, drops } = await iterationRecords(session, config, k, dir, queries, onEvent);
+    onEvent({ type: "stage", method: label, iteration: k, stage: "build" });
+    const built = await iterationRecords(session, config, k, dir, queries, onEvent);
+    let { records, drops } = built;
+
+    // 1b. Generator methods: a copy of the policy trains on the records' steering pairs and writes the
+    // pairs the policy trains on; then the policy's k-1 weights come back.
+    let generator: IterationMetrics["generator"];
+    if (isGeneratorMethod(config.method)) {
+      const stage = await runGeneratorStages(
+        session,
+        { ...config, method: config.method },
+        k,
+        dir,
+        built.records as SsoRecord[], // policy-built records: the generator methods never use offpolicy's
+        (name, done, total) =>
+          onEvent(
+            done === undefined || total === undefined
+              ? { type: "stage", method: label, iteration: k, stage: name }
+              : { type: "progress", method: label, iteration: k, stage: name, done, total },
+          ),
+      );
+      if (stage.pairs.records.length === 0)
+        throw new UserError(
+          `${stage.pairs.path}: iteration ${k} kept no generated pairs (see ${join(dir, "generated.drops.jsonl")})`,
+        );
+      generator = {
+        records: built.records.length,
+        drops: built.drops,
+        signalAccuracy: signalOf(built.records),
+        train: stage.train,
+      };
+      records = stage.pairs.records;
+      drops = stage.pairs.drops;
+      loadIteration(k - 1);
+    }
 
     // 2. The frozen reference and the signal diagnostics, computed with the weights of iteration k-1.
     const seqOptions = { maxLen: config.maxLen, microBatch: config.microBatch };
@@ -302,6 +387,8 @@ export async function runOnline(
     const refPath = join(dir, "reference.json");
     let reference: RecordScores[];
     let gap: { chosen: number; rejected: number; all: number };
+    // For the generator methods these are the generated pairs: signal accuracy and the on-policy gap
+    // are measured on the pairs the policy trains on (y0 is still the policy's own plain answer).
     if (existsSync(refPath)) {
       const saved = JSON.parse(readFileSync(refPath, "utf8")) as {
         reference: RecordScores[];
@@ -310,20 +397,15 @@ export async function runOnline(
       reference = saved.reference;
       gap = saved.gap;
     } else {
-      onEvent({ type: "stage", method: config.method, iteration: k, stage: "reference" });
+      onEvent({ type: "stage", method: label, iteration: k, stage: "reference" });
       reference = scoreRecords(session.model, session.tokenizer, records, keys, seqOptions);
       gap = onPolicyGap(session, records, reference, seqOptions);
       writeJsonAtomic(refPath, { reference, gap });
     }
-    const signal = mean(
-      records.map((r) => {
-        const q = byId.get(recordQueryId(r));
-        return q ? worldJudge.prefers(q, r.chosen, r.rejected) : 0.5;
-      }),
-    );
+    const signal = signalOf(records);
 
     // 3. One epoch of training in a run directory (iter-k/model), resumable at step boundaries.
-    onEvent({ type: "stage", method: config.method, iteration: k, stage: "train" });
+    onEvent({ type: "stage", method: label, iteration: k, stage: "train" });
     const trained = runPreferenceTraining(
       {
         out: join(dir, "model"),
@@ -349,7 +431,7 @@ export async function runOnline(
         onStep: (info) =>
           onEvent({
             type: "progress",
-            method: config.method,
+            method: label,
             iteration: k,
             stage: "train",
             done: info.step + 1,
@@ -361,7 +443,7 @@ export async function runOnline(
     weightsAt = k;
 
     // 4. Evaluation on the held-out queries.
-    onEvent({ type: "stage", method: config.method, iteration: k, stage: "eval" });
+    onEvent({ type: "stage", method: label, iteration: k, stage: "eval" });
     const answers = await answerQueries(session, held, {
       genBatch: config.genBatch,
       maxTokens: config.evalMaxTokens,
@@ -377,10 +459,11 @@ export async function runOnline(
       records: records.length,
       drops,
       train: meanMetrics(trainLog),
+      ...(generator === undefined ? {} : { generator }),
     };
     writeJsonAtomic(metricsPath, metrics);
     rows.push(metrics);
-    onEvent({ type: "iteration", method: config.method, metrics });
+    onEvent({ type: "iteration", method: label, metrics });
   }
   return rows;
 }
@@ -421,6 +504,11 @@ async function iterationRecords(
       drops: {},
     };
   }
+  // Iteration 1 starts from the base for every method: one build per seed, shared. A run directory
+  // from before the sharing keeps reading its own copy.
+  const own = k !== 1 || existsSync(join(dir, "records.done.json"));
+  const recordsDir = own ? dir : join(config.runDir, "shared", "iter-1");
+  removeTempLeftovers(recordsDir);
   const {
     records,
     drops,
@@ -429,7 +517,7 @@ async function iterationRecords(
     session,
     queries,
     {
-      dir,
+      dir: recordsDir,
       stem: "records",
       dropLogName: "drops.jsonl",
       seed: config.seed * 1000 + k,
@@ -440,10 +528,19 @@ async function iterationRecords(
       genBatch: config.genBatch,
     },
     (done, total) =>
-      onEvent({ type: "progress", method: config.method, iteration: k, stage: "build", done, total }),
+      onEvent({
+        type: "progress",
+        method: config.label ?? config.method,
+        iteration: k,
+        stage: "build",
+        done,
+        total,
+      }),
   );
   if (records.length === 0)
-    throw new UserError(`${recordsPath}: iteration ${k} kept no records (see ${join(dir, "drops.jsonl")})`);
+    throw new UserError(
+      `${recordsPath}: iteration ${k} kept no records (see ${join(recordsDir, "drops.jsonl")})`,
+    );
   return { records, drops };
 }
 
@@ -471,11 +568,4 @@ function onPolicyGap(
     (s, i) => avg(s.values.rejected, s.tokens.rejected) - raw[i].logprob / Math.max(1, raw[i].tokens),
   );
   return { chosen: mean(dChosen), rejected: mean(dRejected), all: (mean(dChosen) + mean(dRejected)) / 2 };
-}
-
-function meanMetrics(log: Array<Record<string, number>>): Record<string, number> | null {
-  if (log.length === 0) return null;
-  const out: Record<string, number> = {};
-  for (const key of Object.keys(log[0])) out[key] = mean(log.map((row) => row[key] ?? 0));
-  return out;
 }

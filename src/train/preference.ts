@@ -6,9 +6,9 @@ import type { BpeTokenizer } from "../engine/tokenizer.js";
 import {
   type ObjectiveConfig,
   type ObjectiveRecord,
-  SEQ_KEYS,
   type SeqKey,
   type SeqValues,
+  sequencesRead,
   ssoObjective,
 } from "../sso/objective.js";
 import type { PreferenceRecord } from "../sso/pairs.js";
@@ -38,9 +38,9 @@ export function sequenceFor(record: PreferenceRecord, key: SeqKey): { prompt: Me
   }
 }
 
-/** The sequences an objective reads: all six with steering, else the main pair only. */
+/** The sequences an objective reads: all six with steering, the steering pairs for the generator, else the main pair. */
 export function requiredKeys(config: ObjectiveConfig): SeqKey[] {
-  return config.sso?.steer ? [...SEQ_KEYS] : ["chosen", "rejected"];
+  return sequencesRead(config);
 }
 
 /** Summed response log-probs and token counts of a record's sequences. */
