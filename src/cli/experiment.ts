@@ -1,16 +1,26 @@
 import type { Command } from "commander";
+import { parseGrid } from "../run/grid.js";
 import { METHODS } from "../run/online.js";
 import { addOnlineFlags, parseOnlineFlags, runFromFlags } from "./online-flags.js";
 
-/** Registers `selfsteer experiment` (what `npm run experiment` runs): every method, 3 seeds. */
+/** Registers `selfsteer experiment` (what `npm run experiment` runs): every method, 3 seeds; or a grid. */
 export function register(program: Command): void {
   addOnlineFlags(
     program
       .command("experiment")
-      .description("every method for 3 iterations over several seeds (mean and spread)"),
+      .description("every method for 3 iterations over several seeds (mean and spread)")
+      .option(
+        "--grid <axis...>",
+        "the steering study: key=v1,v2 per axis (steerBeta, loss, beta), e.g. --grid steerBeta=0.1,0.3,1 loss=ipo,dpo; runs sso per cell and pbaa per base loss (plus --methods only when given)",
+      ),
     { methods: METHODS.join(","), seeds: "1,2,3", out: "runs/experiment" },
-  ).action(async (o: Record<string, string>) => {
+  ).action(async (o: Record<string, string> & { grid?: string[] }, cmd: Command) => {
     const config = parseOnlineFlags(o, "experiment");
+    if (o.grid !== undefined) {
+      config.grid = parseGrid(o.grid);
+      // A grid runs its own cells; the default method list joins it only when asked for.
+      if (cmd.getOptionValueSource("methods") !== "cli") config.methods = [];
+    }
     await runFromFlags(
       config,
       o.backend,

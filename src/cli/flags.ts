@@ -11,6 +11,7 @@ import { BENCH_PRESETS } from "../engine/bench.js";
 import { GGUF_EXPORT_TYPES } from "../engine/gguf-export.js";
 import { LIKE_MODELS } from "../engine/like.js";
 import { ANSWER_STYLES } from "../eval/answers.js";
+import { gridAxisProblem } from "../run/grid.js";
 import { METHODS } from "../run/online.js";
 import { BUNDLE_FORMATS } from "../sso/bundle.js";
 import { EXPORT_FORMATS } from "../sso/export.js";
@@ -78,6 +79,7 @@ export const FLAG_RULES: Readonly<Record<string, FlagRule>> = {
   "--feature-count": int(1),
   "--generate-runs": int(1),
   "--gold-pairs": int(1),
+  "--grid": gridAxisProblem,
   "--heads": int(1),
   "--health-timeout": num(0.1),
   "--hidden": int(2),
@@ -115,6 +117,7 @@ export const FLAG_RULES: Readonly<Record<string, FlagRule>> = {
   "--seq-len": int(1),
   "--size": int(1),
   "--std": num(0),
+  "--steer-beta": num(0),
   "--steps": int(1),
   "--stop-grace": num(0),
   "--style": oneOf(ANSWER_STYLES),
@@ -219,10 +222,12 @@ export function checkAllOptions(root: Command): string[] {
         continue;
       }
       // The command converts the value itself; the parser only refuses what no command accepts.
-      option.argParser((value: string) => {
+      option.argParser((value: string, previous: unknown) => {
         const problem = rule(value);
         if (problem !== null) throw new UserError(`${long}: ${problem}, got '${value}'`);
-        return value;
+        // A variadic option collects its values, as commander does without a parser.
+        if (!option.variadic) return value;
+        return previous === option.defaultValue || !Array.isArray(previous) ? [value] : [...previous, value];
       });
     }
   return unruled;

@@ -25,6 +25,7 @@ export function addOnlineFlags(
     .option("--seeds <list>", "comma-separated seeds", defaults.seeds)
     .addOption(new Option("--loss <name>", "base loss").choices([...ONLINE_LOSSES]).default(d.loss))
     .option("--beta <x>", "preference beta", String(d.beta))
+    .option("--steer-beta <x>", "G_beta, the scale of the steering pairs (sso, no-weight; default 0.1)")
     .option("--iterations <n>", "iterations", String(d.iterations))
     .option("--queries <n>", "fresh training queries per iteration", String(d.queriesPerIteration))
     .option("--eval-queries <n>", "held-out evaluation queries", String(d.evalQueries))
@@ -53,6 +54,7 @@ export function parseOnlineFlags(o: Record<string, string>, name: string): Exper
     seeds,
     loss: o.loss as OnlineLoss,
     beta: parseNumberFlag("--beta", o.beta, 0),
+    ...(o.steerBeta === undefined ? {} : { steerBeta: parseNumberFlag("--steer-beta", o.steerBeta, 0) }),
     iterations: parseIntFlag("--iterations", o.iterations, 1),
     queriesPerIteration: parseIntFlag("--queries", o.queries, 1),
     evalQueries: parseIntFlag("--eval-queries", o.evalQueries, 1),
@@ -72,7 +74,7 @@ function fmt(v: number | null | undefined, digits = 3): string {
 /** One table row for an iteration, printed as the run goes. */
 export function iterationLine(method: string, seed: number, m: IterationMetrics): string {
   return [
-    method.padEnd(10),
+    method.padEnd(14),
     String(seed).padStart(4),
     String(m.iteration).padStart(4),
     fmt(m.goldScore),
@@ -87,7 +89,7 @@ export function iterationLine(method: string, seed: number, m: IterationMetrics)
 
 /** Header of the table printed as the run goes. */
 export const ITERATION_HEADER = [
-  "method    ",
+  "method        ",
   "seed",
   "iter",
   "  gold",

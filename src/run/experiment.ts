@@ -1,9 +1,12 @@
 /**
  * Several methods and seeds of online SSO from one base policy, into one run directory with one report.
- * Layout: <runDir>/seed-<s>/<method>/iter-<k>/ (one seed: <runDir>/<method>/...), report.{json,md}, plots/.
+ * Layout: <runDir>/seed-<s>/<run>/iter-<k>/ (one seed: <runDir>/<run>/...), where <run> is a method or a
+ * grid cell (src/run/grid.ts: `sso@steerBeta=0.3,loss=dpo`, `pbaa@loss=dpo`); iteration 1's shared
+ * records in <runDir>/seed-<s>/shared/iter-1/; report.{json,md} and plots/ in <runDir>.
  */
 import { join } from "node:path";
 import type { Kernels } from "../engine/kernels/types.js";
+import { type GridAxis, gridUnits, type RunUnit } from "./grid.js";
 import {
   type IterationMetrics,
   type Method,
@@ -12,14 +15,28 @@ import {
   OnlineSession,
   runOnline,
 } from "./online.js";
-import { aggregateRuns, type RunReport, writeReport } from "./report.js";
+import { aggregateRuns, PAIRED_BASELINE, type RunReport, writeReport } from "./report.js";
 
 /** Settings of an experiment: the online settings minus what varies (method, seed, directory). */
-export interface ExperimentConfig extends Omit<OnlineConfig, "method" | "seed" | "runDir"> {
+export interface ExperimentConfig extends Omit<OnlineConfig, "method" | "seed" | "runDir" | "label"> {
   name: string;
   runDir: string;
   methods: Method[];
   seeds: number[];
+  /** The steering study's grid: its cells run after `methods` (docs/protocol.md). */
+  grid?: GridAxis[];
+}
+
+/** The runs of an experiment: every method (paired against pbaa), then the grid's cells not already there. */
+export function experimentUnits(config: Pick<ExperimentConfig, "methods" | "grid">): RunUnit[] {
+  const units: RunUnit[] = config.methods.map((method) => ({
+    label: method,
+    method,
+    baseline: method === PAIRED_BASELINE ? null : PAIRED_BASELINE,
+  }));
+  for (const unit of config.grid === undefined ? [] : gridUnits(config.grid))
+    if (!units.some((u) => u.label === unit.label)) units.push(unit);
+  return units;
 }
 
 /** The demo's and experiments' defaults, sized for the world's base policy on 2 cores. */
@@ -57,22 +74,38 @@ export async function runExperiment(
   onEvent: (event: OnlineEvent & { seed: number }) => void = () => {},
 ): Promise<RunReport> {
   const session = new OnlineSession(config.baseModel, kernels);
+  const units = experimentUnits(config);
   const perMethod: Record<string, IterationMetrics[][]> = {};
-  for (const m of config.methods) perMethod[m] = [];
-  let report = aggregateRuns(config.name, config.seeds, perMethod, provenance);
+  for (const u of units) perMethod[u.label] = [];
+  const { grid: _grid, methods: _methods, ...online } = config;
+  const aggregate = () =>
+    aggregateRuns(
+      config.name,
+      config.seeds,
+      Object.fromEntries(Object.entries(perMethod).filter(([, runs]) => runs.length > 0)),
+      provenance,
+      { units, ...(config.grid === undefined ? {} : { grid: config.grid }) },
+    );
+  let report = aggregate();
   for (const seed of config.seeds) {
     const seedDir = config.seeds.length > 1 ? join(config.runDir, `seed-${seed}`) : config.runDir;
-    for (const method of config.methods) {
-      const rows = await runOnline(session, { ...config, method, seed, runDir: seedDir }, (e) =>
-        onEvent({ ...e, seed }),
+    for (const unit of units) {
+      const rows = await runOnline(
+        session,
+        {
+          ...online,
+          method: unit.method,
+          label: unit.label,
+          loss: unit.loss ?? config.loss,
+          beta: unit.beta ?? config.beta,
+          ...(unit.steerBeta === undefined ? {} : { steerBeta: unit.steerBeta }),
+          seed,
+          runDir: seedDir,
+        },
+        (e) => onEvent({ ...e, seed }),
       );
-      perMethod[method].push(rows);
-      report = aggregateRuns(
-        config.name,
-        config.seeds,
-        Object.fromEntries(Object.entries(perMethod).filter(([, runs]) => runs.length > 0)),
-        provenance,
-      );
+      perMethod[unit.label].push(rows);
+      report = aggregate();
       writeReport(config.runDir, report);
     }
   }

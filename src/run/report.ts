@@ -8,6 +8,7 @@ import { type PairedDifference, pairedBootstrap } from "../eval/paired.js";
 import { lineChartSvg, type Series, svgToPng } from "../eval/plot.js";
 import { markdownTable } from "../eval/table.js";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fsio.js";
+import type { GridAxis, RunUnit } from "./grid.js";
 import type { IterationMetrics } from "./online.js";
 
 /** The metrics every report shows, with their labels. */
@@ -52,8 +53,15 @@ export interface PairedRow extends PairedDifference {
 export interface MethodReport {
   iterations: AggregatedIteration[];
   perSeed: IterationMetrics[][];
-  /** Per metric, method - pbaa per iteration over the seeds both finished (present with >= 2 such seeds). */
+  /**
+   * Per metric, method - its baseline per iteration over the seeds both finished (present with >= 2
+   * such seeds). The baseline is pbaa, or for a grid cell the pbaa run with the cell's loss and beta.
+   */
   paired?: Record<PairedMetric, PairedRow[]>;
+  /** The run this one is paired against, when it is not pbaa itself (grid cells). */
+  pairedAgainst?: string;
+  /** A grid cell's method and settings. */
+  cell?: { method: string } & Record<string, string | number>;
 }
 
 /** The content of report.json. */
@@ -61,8 +69,17 @@ export interface RunReport {
   name: string;
   seeds: number[];
   methods: Record<string, MethodReport>;
+  /** The steering study's grid, when the experiment ran one (its cells are rows of `methods`). */
+  grid?: GridAxis[];
   /** Where the figures came from (command line, settings). */
   provenance: Record<string, unknown>;
+}
+
+/** What aggregateRuns needs beyond the rows: which run pairs against which, and the grid. */
+export interface AggregateOptions {
+  /** The experiment's runs; without them every method other than pbaa pairs against pbaa. */
+  units?: readonly RunUnit[];
+  grid?: GridAxis[];
 }
 
 /** Averages per-seed iteration rows of each method: `metric` is the mean, `metricStd` the spread. */
@@ -71,6 +88,7 @@ export function aggregateRuns(
   seeds: number[],
   perMethod: Record<string, IterationMetrics[][]>,
   provenance: Record<string, unknown>,
+  options: AggregateOptions = {},
 ): RunReport {
   const methods: RunReport["methods"] = {};
   for (const [method, runs] of Object.entries(perMethod)) {
@@ -88,14 +106,18 @@ export function aggregateRuns(
     }
     methods[method] = { iterations, perSeed: runs };
   }
-  const baseline = perMethod[PAIRED_BASELINE];
-  if (baseline !== undefined)
-    for (const [method, runs] of Object.entries(perMethod)) {
-      if (method === PAIRED_BASELINE) continue;
-      const paired = pairedAgainst(method, runs, baseline);
-      if (paired !== undefined) methods[method].paired = paired;
-    }
-  return { name, seeds, methods, provenance };
+  for (const [method, runs] of Object.entries(perMethod)) {
+    const unit = options.units?.find((u) => u.label === method);
+    const against = unit !== undefined ? unit.baseline : method === PAIRED_BASELINE ? null : PAIRED_BASELINE;
+    if (unit?.cell !== undefined) methods[method].cell = { method: unit.method, ...unit.cell };
+    if (against === null) continue;
+    if (against !== PAIRED_BASELINE) methods[method].pairedAgainst = against;
+    const baseline = perMethod[against];
+    if (baseline === undefined) continue;
+    const paired = pairedAgainst(method, runs, baseline);
+    if (paired !== undefined) methods[method].paired = paired;
+  }
+  return { name, seeds, methods, ...(options.grid === undefined ? {} : { grid: options.grid }), provenance };
 }
 
 /**
@@ -194,7 +216,8 @@ export function reportMarkdown(report: RunReport): string {
   if (pairedRows.length > 0) {
     lines.push(`## Paired differences against ${PAIRED_BASELINE}`, "");
     lines.push(
-      `Mean over seeds of (method - ${PAIRED_BASELINE}) on the same seed, with a percentile-bootstrap 95% interval.`,
+      `Mean over seeds of (method - ${PAIRED_BASELINE}) on the same seed, with a percentile-bootstrap 95% interval` +
+        " (grid cells: against the pbaa run with the same base loss).",
       "",
     );
     lines.push(
@@ -205,6 +228,7 @@ export function reportMarkdown(report: RunReport): string {
       "",
     );
   }
+  if (report.grid !== undefined) lines.push(...steeringStudy(report, digitsFor));
   lines.push(
     "Iteration 0 is the base policy. gold: mean gold score of greedy answers to the held-out queries (no system",
     "prompt); win / LC win: against the base policy's answers, raw and length-controlled; exact: exact-match",
@@ -213,6 +237,49 @@ export function reportMarkdown(report: RunReport): string {
     "",
   );
   return lines.join("\n");
+}
+
+/**
+ * The steering study's table: per sso cell of the grid, its final-iteration gold score and its paired
+ * difference against the pbaa run with the same base loss (gold and LC win rate, 95% intervals).
+ */
+function steeringStudy(report: RunReport, digitsFor: (key: string) => number): string[] {
+  const interval = (rows: PairedRow[] | undefined, iteration: number, digits: number): string => {
+    const r = rows?.find((x) => x.iteration === iteration);
+    return r === undefined
+      ? "—"
+      : `${r.diff.toFixed(digits)} [${r.lo.toFixed(digits)}, ${r.hi.toFixed(digits)}]`;
+  };
+  const keys = (report.grid ?? []).map((a) => a.key);
+  const rows = Object.entries(report.methods)
+    .filter(([, m]) => m.cell !== undefined && m.cell.method === "sso")
+    .map(([label, m]) => {
+      const last = m.iterations[m.iterations.length - 1];
+      const gold = last?.goldScore;
+      return [
+        label,
+        ...keys.map((k) => String(m.cell?.[k] ?? "—")),
+        m.pairedAgainst ?? PAIRED_BASELINE,
+        String(last?.seeds ?? 0),
+        String(last?.iteration ?? "—"),
+        typeof gold === "number" ? gold.toFixed(3) : "—",
+        interval(m.paired?.goldScore, last?.iteration ?? -1, digitsFor("goldScore")),
+        interval(m.paired?.winRateLC, last?.iteration ?? -1, digitsFor("winRateLC")),
+      ];
+    });
+  if (rows.length === 0) return [];
+  return [
+    "## Steering study",
+    "",
+    "Each sso cell against the pbaa run with the same base loss, at the final iteration: the cell's mean gold score,",
+    "and the mean over seeds of (cell - pbaa) with a percentile-bootstrap 95% interval (— with fewer than 2 seeds).",
+    "",
+    markdownTable(
+      ["cell", ...keys, "against", "seeds", "iter", "gold", "gold diff [95%]", "LC win diff [95%]"],
+      rows,
+    ),
+    "",
+  ];
 }
 
 /** Writes report.json, report.md and plots/<metric>.svg|png under `dir`; returns the files written. */
