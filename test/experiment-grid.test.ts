@@ -178,6 +178,26 @@ test("an experiment with a grid writes each cell's runs under its own name, with
     const md = readFileSync(join(runDir, "report.md"), "utf8");
     assert.match(md, /## Steering study/);
     assert.match(md, /\| sso@steerBeta=1,loss=dpo \| 1 \| dpo \| pbaa@loss=dpo \| 2 \| 1 \|/);
+    // Per-step curves: a plot per metric, listed in report.md; the iteration rows keep their means.
+    for (const stem of [
+      "loss_main",
+      "loss_steer",
+      "sso_weight",
+      "rewards_margins",
+      "p_rewards_margins",
+      "n_rewards_margins",
+    ]) {
+      assert.ok(existsSync(join(runDir, "plots", `steps-${stem}.png`)), stem);
+      assert.ok(existsSync(join(runDir, "plots", `steps-${stem}.svg`)), stem);
+      assert.ok(md.includes(`(plots/steps-${stem}.png)`), stem);
+    }
+    const steerSvg = readFileSync(join(runDir, "plots", "steps-loss_steer.svg"), "utf8");
+    assert.ok(steerSvg.includes("sso@steerBeta=1,loss=dpo") && !steerSvg.includes(">pbaa@loss=dpo<"));
+    const row = cell.iterations[1];
+    const perSeedSteer = [0, 1].map((i) => cell.perSeed[i][1].train["loss/steer"]);
+    assert.ok(Math.abs(row["train/loss/steer"] - (perSeedSteer[0] + perSeedSteer[1]) / 2) < 1e-12);
+    assert.equal(typeof row["train/sso/weight"], "number");
+    assert.equal(report.methods["pbaa@loss=dpo"].iterations[1]["train/loss/steer"], undefined);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

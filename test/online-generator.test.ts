@@ -9,7 +9,7 @@ import { LlamaConfigSchema } from "../src/engine/config.js";
 import { initLlamaTensors } from "../src/engine/init.js";
 import { PlainKernels } from "../src/engine/kernels/plain.js";
 import { BpeTokenizer } from "../src/engine/tokenizer.js";
-import { ONLINE_DEFAULTS } from "../src/run/experiment.js";
+import { ONLINE_DEFAULTS, runExperiment } from "../src/run/experiment.js";
 import { generatorObjective } from "../src/run/generator.js";
 import {
   type OnlineConfig,
@@ -18,7 +18,9 @@ import {
   objectiveFor,
   runOnline,
 } from "../src/run/online.js";
+import { stepSeries } from "../src/run/step-metrics.js";
 import { readRecords } from "../src/sso/records.js";
+import { writeFileAtomic } from "../src/util/fsio.js";
 
 const root = mkdtempSync(join(tmpdir(), "selfsteer-gen-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -211,4 +213,47 @@ test("a run directory from before the sharing keeps reading its own iteration-1 
   const rows = await runOnline(new OnlineSession(base, kernels), config(runDir, { method: "pbaa" }));
   assert.ok(!existsSync(join(runDir, "shared")));
   assert.deepEqual(rows[1], JSON.parse(before));
+});
+
+test("per-step curves: iterations one after the other, mean over seeds step by step", () => {
+  const dir = join(root, "steps");
+  const write = (run: string, losses: number[]) =>
+    writeFileAtomic(
+      join(dir, run, "metrics.jsonl"),
+      `${losses.map((v, step) => JSON.stringify({ step, "loss/main": v })).join("\n")}\n{"torn`,
+    );
+  write("s1-i1", [4, 3]);
+  write("s1-i2", [2]);
+  write("s2-i1", [6, 5]);
+  const series = stepSeries(
+    [
+      [join(dir, "s1-i1"), join(dir, "s1-i2")],
+      [join(dir, "s2-i1"), join(dir, "s2-i2-missing")],
+    ],
+    ["loss/main", "loss/steer"],
+  );
+  assert.deepEqual(series, { "loss/main": [5, 4, 2] });
+});
+
+test("an experiment with a generator method plots the generator's own per-step losses", async () => {
+  const runDir = join(root, "experiment");
+  const { method: _m, seed: _s, ...rest } = config(runDir);
+  await runExperiment({ ...rest, name: "gen", methods: ["generator-pos"], seeds: [5] }, kernels, {
+    command: "test",
+  });
+  const report = JSON.parse(readFileSync(join(runDir, "report.json"), "utf8"));
+  const row = report.methods["generator-pos"].iterations[1];
+  assert.equal(typeof row["generator/loss/steer"], "number");
+  assert.equal(typeof row["generator/p_rewards/margins"], "number");
+  assert.equal(row["generator/n_rewards/margins"], undefined);
+  assert.equal(typeof row["train/loss/main"], "number");
+  for (const stem of [
+    "steps-generator-loss_steer",
+    "steps-generator-loss_sft",
+    "steps-generator-p_rewards_margins",
+    "steps-loss_main",
+  ])
+    assert.ok(existsSync(join(runDir, "plots", `${stem}.png`)), stem);
+  assert.ok(!existsSync(join(runDir, "plots", "steps-generator-n_rewards_margins.png")));
+  assert.match(readFileSync(join(runDir, "report.md"), "utf8"), /plots\/steps-generator-loss_steer\.png/);
 });

@@ -10,11 +10,17 @@ export interface Series {
 
 const PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
 
-/** Renders a line chart of several series over iterations as a standalone SVG document. */
+/**
+ * Renders a line chart of several series over x = 0, 1, 2, ... (iterations, or training steps) as a
+ * standalone SVG document. Long series get thinned x labels and no point markers; the legend widens
+ * for long series names.
+ */
 export function lineChartSvg(title: string, yLabel: string, series: Series[], xLabel = "iteration"): string {
-  const width = 560;
-  const height = 340;
-  const m = { left: 64, right: 150, top: 40, bottom: 48 };
+  const longestName = Math.max(0, ...series.map((s) => s.name.length));
+  const legendWidth = Math.max(150, 48 + Math.ceil(longestName * 6.8));
+  const width = 410 + legendWidth;
+  const height = Math.max(340, 110 + series.length * 20); // the legend lists every series
+  const m = { left: 64, right: legendWidth, top: 40, bottom: 48 };
   const plotW = width - m.left - m.right;
   const plotH = height - m.top - m.bottom;
   const points = series.flatMap((s) =>
@@ -30,6 +36,8 @@ export function lineChartSvg(title: string, yLabel: string, series: Series[], xL
   yMin -= pad;
   yMax += pad;
   const nX = Math.max(2, ...series.map((s) => s.values.length));
+  const tickEvery = niceStep(nX / 10);
+  const markers = nX <= 40;
   const xAt = (i: number) => m.left + (plotW * i) / (nX - 1);
   const yAt = (v: number) => m.top + plotH * (1 - (v - yMin) / (yMax - yMin));
   const parts: string[] = [];
@@ -46,7 +54,7 @@ export function lineChartSvg(title: string, yLabel: string, series: Series[], xL
       `<text x="${m.left - 6}" y="${(y + 4).toFixed(1)}" font-size="11" text-anchor="end">${formatTick(v)}</text>`,
     );
   }
-  for (let i = 0; i < nX; i++)
+  for (let i = 0; i < nX; i += tickEvery)
     parts.push(
       `<text x="${xAt(i).toFixed(1)}" y="${m.top + plotH + 16}" font-size="11" text-anchor="middle">${i}</text>`,
     );
@@ -68,7 +76,8 @@ export function lineChartSvg(title: string, yLabel: string, series: Series[], xL
           `<line x1="${xAt(i).toFixed(1)}" y1="${yAt(v - sp).toFixed(1)}" x2="${xAt(i).toFixed(1)}" y2="${yAt(v + sp).toFixed(1)}" stroke="${color}" stroke-width="1.2"/>`,
         );
       }
-      parts.push(`<circle cx="${xAt(i).toFixed(1)}" cy="${yAt(v).toFixed(1)}" r="3.5" fill="${color}"/>`);
+      if (markers || pts.length === 1)
+        parts.push(`<circle cx="${xAt(i).toFixed(1)}" cy="${yAt(v).toFixed(1)}" r="3.5" fill="${color}"/>`);
     });
     const ly = m.top + 14 + si * 20;
     parts.push(
@@ -87,6 +96,12 @@ export function svgToPng(svg: string): Uint8Array {
     font: { loadSystemFonts: true, defaultFontFamily: "DejaVu Sans" },
   });
   return resvg.render().asPng();
+}
+
+/** The smallest of 1, 2, 5, 10, 20, 50, ... that is at least `x`. */
+function niceStep(x: number): number {
+  if (x <= 1) return 1;
+  for (let p = 1; ; p *= 10) for (const f of [1, 2, 5]) if (f * p >= x) return f * p;
 }
 
 function formatTick(v: number): string {

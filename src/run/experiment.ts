@@ -15,7 +15,8 @@ import {
   OnlineSession,
   runOnline,
 } from "./online.js";
-import { aggregateRuns, PAIRED_BASELINE, type RunReport, writeReport } from "./report.js";
+import { aggregateRuns, PAIRED_BASELINE, type RunReport, type StepCurves, writeReport } from "./report.js";
+import { GENERATOR_STEP_METRICS, STEP_METRICS, stepSeries } from "./step-metrics.js";
 
 /** Settings of an experiment: the online settings minus what varies (method, seed, directory). */
 export interface ExperimentConfig extends Omit<OnlineConfig, "method" | "seed" | "runDir" | "label"> {
@@ -86,9 +87,34 @@ export async function runExperiment(
       provenance,
       { units, ...(config.grid === undefined ? {} : { grid: config.grid }) },
     );
+  const seedDirOf = (seed: number) =>
+    config.seeds.length > 1 ? join(config.runDir, `seed-${seed}`) : config.runDir;
+  // Per-step curves of every run so far, from the training runs' metrics.jsonl, mean over its seeds.
+  const curves = (): Record<string, StepCurves> =>
+    Object.fromEntries(
+      units
+        .filter((u) => perMethod[u.label].length > 0)
+        .map((u) => {
+          const dirs = (run: string) =>
+            config.seeds
+              .slice(0, perMethod[u.label].length)
+              .map((seed) =>
+                Array.from({ length: config.iterations }, (_, i) =>
+                  join(seedDirOf(seed), u.label, `iter-${i + 1}`, run),
+                ),
+              );
+          return [
+            u.label,
+            {
+              policy: stepSeries(dirs("model"), STEP_METRICS),
+              generator: stepSeries(dirs("generator"), GENERATOR_STEP_METRICS),
+            },
+          ];
+        }),
+    );
   let report = aggregate();
   for (const seed of config.seeds) {
-    const seedDir = config.seeds.length > 1 ? join(config.runDir, `seed-${seed}`) : config.runDir;
+    const seedDir = seedDirOf(seed);
     for (const unit of units) {
       const rows = await runOnline(
         session,
@@ -106,7 +132,7 @@ export async function runExperiment(
       );
       perMethod[unit.label].push(rows);
       report = aggregate();
-      writeReport(config.runDir, report);
+      writeReport(config.runDir, report, curves());
     }
   }
   return report;

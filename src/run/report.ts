@@ -10,6 +10,7 @@ import { markdownTable } from "../eval/table.js";
 import { writeFileAtomic, writeJsonAtomic } from "../util/fsio.js";
 import type { GridAxis, RunUnit } from "./grid.js";
 import type { IterationMetrics } from "./online.js";
+import { GENERATOR_STEP_METRICS, STEP_METRICS } from "./step-metrics.js";
 
 /** The metrics every report shows, with their labels. */
 export const REPORT_METRICS = [
@@ -25,7 +26,11 @@ export const REPORT_METRICS = [
 /** A metric key of REPORT_METRICS. */
 export type ReportMetric = (typeof REPORT_METRICS)[number]["key"];
 
-/** One iteration of one method, averaged over seeds: mean and spread (sample std) per metric. */
+/**
+ * One iteration of one method, averaged over seeds: mean and spread (sample std) per metric. The
+ * iteration's mean training metrics (STEP_METRICS) appear as `train/<name>` (e.g. `train/loss/steer`),
+ * and a generator's as `generator/<name>`, where present.
+ */
 export interface AggregatedIteration {
   iteration: number;
   seeds: number;
@@ -102,6 +107,18 @@ export function aggregateRuns(
         agg[key] = values.length > 0 ? mean(values) : null;
         agg[`${key}Std`] = values.length > 1 ? stddev(values) : null;
       }
+      const means = (prefix: string, keys: readonly string[], of: (r: IterationMetrics) => unknown) => {
+        for (const key of keys) {
+          const values = rows
+            .map((r) => (of(r) as Record<string, number> | null | undefined)?.[key])
+            .filter((v): v is number => typeof v === "number");
+          if (values.length === 0) continue;
+          agg[`${prefix}/${key}`] = mean(values);
+          agg[`${prefix}/${key}Std`] = values.length > 1 ? stddev(values) : null;
+        }
+      };
+      means("train", STEP_METRICS, (r) => r.train);
+      means("generator", GENERATOR_STEP_METRICS, (r) => r.generator?.train);
       iterations.push(agg);
     }
     methods[method] = { iterations, perSeed: runs };
@@ -152,8 +169,8 @@ function pairedAgainst(
   return informative ? out : undefined;
 }
 
-/** Renders report.md: a per-iteration table per method and a final-iteration comparison. */
-export function reportMarkdown(report: RunReport): string {
+/** Renders report.md: a per-iteration table per method and a final-iteration comparison; lists `plots`. */
+export function reportMarkdown(report: RunReport, plots: readonly string[] = []): string {
   const lines: string[] = [`# ${report.name}`, ""];
   const seedsNote =
     report.seeds.length > 1
@@ -236,6 +253,17 @@ export function reportMarkdown(report: RunReport): string {
     "prefers; on-policy gap: mean per-token log-prob of y+ and y- under the plain prompt minus the policy's own y0.",
     "",
   );
+  if (plots.length > 0) {
+    lines.push(
+      "## Plots",
+      "",
+      "Per iteration (mean ± std over seeds), and per training step (iterations 1, 2, ... one after the other; mean over",
+      "seeds step by step): the losses, W and the reward margins of the three pairs, and the generator's own.",
+      "",
+      ...plots.map((p) => `- [${p}](${p})`),
+      "",
+    );
+  }
   return lines.join("\n");
 }
 
@@ -282,13 +310,58 @@ function steeringStudy(report: RunReport, digitsFor: (key: string) => number): s
   ];
 }
 
-/** Writes report.json, report.md and plots/<metric>.svg|png under `dir`; returns the files written. */
-export function writeReport(dir: string, report: RunReport): string[] {
+/** Per-step training curves of one run, mean over seeds (src/run/step-metrics.ts: stepSeries). */
+export interface StepCurves {
+  /** The policy's STEP_METRICS per step. */
+  policy: Record<string, (number | null)[]>;
+  /** The generator's GENERATOR_STEP_METRICS per step (generator methods only). */
+  generator: Record<string, (number | null)[]>;
+}
+
+const STEP_LABELS: Record<string, string> = {
+  "loss/main": "main-pair loss B(main)",
+  "loss/steer": "steering loss",
+  "sso/weight": "W (sso/weight)",
+  "rewards/margins": "reward margin, main pair",
+  "p_rewards/margins": "reward margin, pos pair (p+)",
+  "n_rewards/margins": "reward margin, neg pair (p-)",
+  "loss/sft": "SFT loss",
+};
+
+/** plots/steps-<metric>.svg|png (and steps-generator-<metric>) of every run that logged the metric. */
+function writeStepPlots(dir: string, name: string, curves: Record<string, StepCurves>): string[] {
+  const files: string[] = [];
+  const plot = (group: "policy" | "generator", keys: readonly string[], prefix: string, who: string) => {
+    for (const key of keys) {
+      const series: Series[] = Object.entries(curves)
+        .filter(([, c]) => c[group][key] !== undefined)
+        .map(([label, c]) => ({ name: label, values: c[group][key] }));
+      if (series.length === 0) continue;
+      const svg = lineChartSvg(`${name}: ${who}${STEP_LABELS[key] ?? key}`, key, series, "training step");
+      const stem = `plots/${prefix}${key.replace(/\//g, "_")}`;
+      writeFileAtomic(join(dir, `${stem}.svg`), svg);
+      writeFileAtomic(join(dir, `${stem}.png`), svgToPng(svg));
+      files.push(`${stem}.png`);
+    }
+  };
+  plot("policy", STEP_METRICS, "steps-", "");
+  plot("generator", GENERATOR_STEP_METRICS, "steps-generator-", "generator's ");
+  return files;
+}
+
+/**
+ * Writes report.json, report.md, plots/<metric>.svg|png per iteration and, given the runs' per-step
+ * curves, plots/steps-*.svg|png under `dir`; returns the files written.
+ */
+export function writeReport(
+  dir: string,
+  report: RunReport,
+  curves: Record<string, StepCurves> = {},
+): string[] {
   const written: string[] = [];
+  const plots: string[] = [];
   writeJsonAtomic(join(dir, "report.json"), report);
   written.push(join(dir, "report.json"));
-  writeFileAtomic(join(dir, "report.md"), reportMarkdown(report));
-  written.push(join(dir, "report.md"));
   for (const { key, label } of REPORT_METRICS) {
     const series: Series[] = Object.entries(report.methods).map(([method, { iterations }]) => ({
       name: method,
@@ -302,6 +375,13 @@ export function writeReport(dir: string, report: RunReport): string[] {
     writeFileAtomic(join(dir, "plots", `${key}.svg`), svg);
     writeFileAtomic(join(dir, "plots", `${key}.png`), svgToPng(svg));
     written.push(join(dir, "plots", `${key}.svg`), join(dir, "plots", `${key}.png`));
+    plots.push(`plots/${key}.png`);
   }
+  for (const file of writeStepPlots(dir, report.name, curves)) {
+    plots.push(file);
+    written.push(join(dir, file), join(dir, file.replace(/\.png$/, ".svg")));
+  }
+  writeFileAtomic(join(dir, "report.md"), reportMarkdown(report, plots));
+  written.push(join(dir, "report.md"));
   return written;
 }
