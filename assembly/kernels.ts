@@ -911,3 +911,400 @@ export function swigluBackward(dgu: usize, dh: usize, gu: usize, sig: usize, N: 
     }
   }
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Element-wise jobs: the rest of a training step (attention's softmax, RMSNorm, the loss, AdamW) as
+// chunks the thread pool can share. The host writes an argument table of 32-bit words: word 0 the
+// operation, words 1-15 its arguments, and per-item records from word 16 on. elementwiseChunk(table, i)
+// runs chunk i; chunks never share an output and each is computed the same way whichever thread runs
+// it, so results are bit-identical at any thread count. Row operations cut rows into fixed chunks of
+// word 1 rows (chosen by the host from the shape alone); block operations run record i.
+
+const OP_SOFTMAX: i32 = 1;
+const OP_SOFTMAX_BACKWARD: i32 = 2;
+const OP_RMSNORM: i32 = 3;
+const OP_RMSNORM_BACKWARD: i32 = 4;
+const OP_ADAMW: i32 = 5;
+const OP_LOGPROBS: i32 = 6;
+const OP_LOGPROBS_BACKWARD: i32 = 7;
+const OP_SPLIT_HEADS: i32 = 8;
+const OP_MERGE_HEADS: i32 = 9;
+const RECORDS: usize = 64;
+
+function word(table: usize, i: i32): i32 {
+  return load<i32>(table + (<usize>i << 2));
+}
+
+function address(table: usize, i: i32): usize {
+  return <usize>load<u32>(table + (<usize>i << 2));
+}
+
+function real(table: usize, i: i32): f32 {
+  return load<f32>(table + (<usize>i << 2));
+}
+
+/** Horizontal sum of four lanes in a fixed order ((0 + 1) + (2 + 3)). */
+function laneSum(v: v128): f32 {
+  return (f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 1)) + (f32x4.extract_lane(v, 2) + f32x4.extract_lane(v, 3));
+}
+
+/** Largest of four lanes. */
+function laneMax(v: v128): f32 {
+  return max(max(f32x4.extract_lane(v, 0), f32x4.extract_lane(v, 1)), max(f32x4.extract_lane(v, 2), f32x4.extract_lane(v, 3)));
+}
+
+/** x[from, to) of a row -> its softmax in place (max-subtracted); returns nothing, zeroes nothing. */
+function softmaxSpan(row: usize, from: i32, to: i32): void {
+  let mx = f32x4.splat(-Infinity);
+  let j = from;
+  for (; j + 4 <= to; j += 4) mx = f32x4.max(mx, v128.load(row + (<usize>j << 2)));
+  let m = laneMax(mx);
+  for (; j < to; j++) m = max(m, load<f32>(row + (<usize>j << 2)));
+  const mv = f32x4.splat(m);
+  let sv = f32x4.splat(0);
+  j = from;
+  for (; j + 4 <= to; j += 4) {
+    const o = row + (<usize>j << 2);
+    const e = expLanes(f32x4.sub(v128.load(o), mv));
+    v128.store(o, e);
+    sv = f32x4.add(sv, e);
+  }
+  let s = laneSum(sv);
+  for (; j < to; j++) {
+    const o = row + (<usize>j << 2);
+    const e = f32x4.extract_lane(expLanes(f32x4.splat(load<f32>(o) - m)), 0);
+    store<f32>(o, e);
+    s += e;
+  }
+  const inv = f32x4.splat(1.0 / s);
+  j = from;
+  for (; j + 4 <= to; j += 4) {
+    const o = row + (<usize>j << 2);
+    v128.store(o, f32x4.mul(v128.load(o), inv));
+  }
+  for (; j < to; j++) {
+    const o = row + (<usize>j << 2);
+    store<f32>(o, load<f32>(o) * (1.0 / s));
+  }
+}
+
+/** Causal softmax of one [len, len] score block in place (window > 0: only the last `window` keys). */
+function softmaxBlock(p: usize, len: i32, window: i32): void {
+  for (let i = 0; i < len; i++) {
+    const row = p + (<usize>i * <usize>len << 2);
+    const from = window > 0 && i >= window ? i - window + 1 : 0;
+    softmaxSpan(row, from, i + 1);
+    memory.fill(row, 0, <usize>from << 2);
+    memory.fill(row + (<usize>(i + 1) << 2), 0, <usize>(len - i - 1) << 2);
+  }
+}
+
+/** ds = P (dP - rowsum(P dP)) on and below the diagonal of one [len, len] block, 0 above (ds holds dP). */
+function softmaxBackwardBlock(ds: usize, p: usize, len: i32): void {
+  for (let i = 0; i < len; i++) {
+    const off = <usize>i * <usize>len << 2;
+    const d0 = ds + off;
+    const p0 = p + off;
+    const to = i + 1;
+    let dv = f32x4.splat(0);
+    let j = 0;
+    for (; j + 4 <= to; j += 4) {
+      const o = <usize>j << 2;
+      dv = f32x4.add(dv, f32x4.mul(v128.load(p0 + o), v128.load(d0 + o)));
+    }
+    let dot = laneSum(dv);
+    for (; j < to; j++) dot += load<f32>(p0 + (<usize>j << 2)) * load<f32>(d0 + (<usize>j << 2));
+    const dotv = f32x4.splat(dot);
+    j = 0;
+    for (; j + 4 <= to; j += 4) {
+      const o = <usize>j << 2;
+      v128.store(d0 + o, f32x4.mul(v128.load(p0 + o), f32x4.sub(v128.load(d0 + o), dotv)));
+    }
+    for (; j < to; j++) {
+      const o = <usize>j << 2;
+      store<f32>(d0 + o, load<f32>(p0 + o) * (load<f32>(d0 + o) - dot));
+    }
+    memory.fill(d0 + (<usize>to << 2), 0, <usize>(len - to) << 2);
+  }
+}
+
+/** Sum of squares of C floats at x (lanes, then a fixed-order tail). */
+function sumSquares(x: usize, C: i32): f32 {
+  let acc = f32x4.splat(0);
+  let i = 0;
+  for (; i + 4 <= C; i += 4) {
+    const v = v128.load(x + (<usize>i << 2));
+    acc = f32x4.add(acc, f32x4.mul(v, v));
+  }
+  let s = laneSum(acc);
+  for (; i < C; i++) {
+    const v = load<f32>(x + (<usize>i << 2));
+    s += v * v;
+  }
+  return s;
+}
+
+/** RMSNorm rows [r0, r1): out = x * r * w, rstd = r = 1 / sqrt(mean(x^2) + eps). */
+function rmsnormRows(out: usize, rstd: usize, x: usize, w: usize, C: i32, eps: f32, r0: i32, r1: i32): void {
+  for (let n = r0; n < r1; n++) {
+    const off = <usize>n * <usize>C << 2;
+    const xr = x + off;
+    const orow = out + off;
+    const r = <f32>(1.0 / Math.sqrt(<f64>sumSquares(xr, C) / <f64>C + <f64>eps));
+    store<f32>(rstd + (<usize>n << 2), r);
+    const rv = f32x4.splat(r);
+    let i = 0;
+    for (; i + 4 <= C; i += 4) {
+      const o = <usize>i << 2;
+      v128.store(orow + o, f32x4.mul(f32x4.mul(v128.load(xr + o), rv), v128.load(w + o)));
+    }
+    for (; i < C; i++) {
+      const o = <usize>i << 2;
+      store<f32>(orow + o, load<f32>(xr + o) * r * load<f32>(w + o));
+    }
+  }
+}
+
+/**
+ * RMSNorm backward rows [r0, r1): dx += r g w - (r^3 sum(g w x) / C) x with g = dout; this chunk's
+ * dw contribution sum_n g x r is written (overwritten) to part [C], which the host adds up in order.
+ */
+function rmsnormBackwardRows(
+  dx: usize, part: usize, dout: usize, x: usize, w: usize, rstd: usize, C: i32, r0: i32, r1: i32,
+): void {
+  memory.fill(part, 0, <usize>C << 2);
+  for (let n = r0; n < r1; n++) {
+    const off = <usize>n * <usize>C << 2;
+    const gr = dout + off;
+    const xr = x + off;
+    const dxr = dx + off;
+    const r = load<f32>(rstd + (<usize>n << 2));
+    let acc = f32x4.splat(0);
+    let i = 0;
+    for (; i + 4 <= C; i += 4) {
+      const o = <usize>i << 2;
+      acc = f32x4.add(acc, f32x4.mul(f32x4.mul(v128.load(gr + o), v128.load(w + o)), v128.load(xr + o)));
+    }
+    let dot = laneSum(acc);
+    for (; i < C; i++) {
+      const o = <usize>i << 2;
+      dot += load<f32>(gr + o) * load<f32>(w + o) * load<f32>(xr + o);
+    }
+    const coef = (r * r * r * dot) / <f32>C;
+    const rv = f32x4.splat(r);
+    const cv = f32x4.splat(coef);
+    i = 0;
+    for (; i + 4 <= C; i += 4) {
+      const o = <usize>i << 2;
+      const g = v128.load(gr + o);
+      const xi = v128.load(xr + o);
+      const d = f32x4.sub(f32x4.mul(f32x4.mul(rv, g), v128.load(w + o)), f32x4.mul(cv, xi));
+      v128.store(dxr + o, f32x4.add(v128.load(dxr + o), d));
+      v128.store(part + o, f32x4.add(v128.load(part + o), f32x4.mul(f32x4.mul(g, xi), rv)));
+    }
+    for (; i < C; i++) {
+      const o = <usize>i << 2;
+      const g = load<f32>(gr + o);
+      const xi = load<f32>(xr + o);
+      store<f32>(dxr + o, load<f32>(dxr + o) + (r * g * load<f32>(w + o) - coef * xi));
+      store<f32>(part + o, load<f32>(part + o) + g * xi * r);
+    }
+  }
+}
+
+/**
+ * AdamW over elements [i0, i1), in float64 exactly as the TypeScript loop of src/engine/optim.ts (so
+ * both give the same bytes): p *= decay where masked; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+ * p -= stepSize m / (sqrt(v) / sqrtBc2 + eps). mask: one byte per parameter, or 0 for none.
+ */
+function adamwRange(
+  params: usize, grads: usize, m: usize, v: usize, mask: usize,
+  stepSize: f64, sqrtBc2: f64, decay: f64, b1: f64, b2: f64, eps: f64, i0: i32, i1: i32,
+): void {
+  for (let i = i0; i < i1; i++) {
+    const o = <usize>i << 2;
+    const g = <f64>load<f32>(grads + o);
+    let p = <f64>load<f32>(params + o);
+    if (mask == 0 || load<u8>(mask + <usize>i) != 0) p *= decay;
+    const mi = b1 * <f64>load<f32>(m + o) + (1 - b1) * g;
+    const vi = b2 * <f64>load<f32>(v + o) + (1 - b2) * g * g;
+    store<f32>(m + o, <f32>mi);
+    store<f32>(v + o, <f32>vi);
+    store<f32>(params + o, <f32>(p - (stepSize * mi) / (Math.sqrt(vi) / sqrtBc2 + eps)));
+  }
+}
+
+/**
+ * Next-token softmax of records [r0, r1) of (row, target): probs[row] = softmax of logits[row] (V wide);
+ * out (16 bytes per record) gets the row's max (f32 at +0) and sum exp(logits[row] - max) (f64 at +8).
+ */
+function softmaxRows(table: usize, logits: usize, probs: usize, out: usize, V: i32, r0: i32, r1: i32): void {
+  for (let r = r0; r < r1; r++) {
+    const rec = table + RECORDS + (<usize>r << 3);
+    const row = load<i32>(rec);
+    const off = <usize>row * <usize>V << 2;
+    const lr = logits + off;
+    const pr = probs + off;
+    let mx = f32x4.splat(-Infinity);
+    let j = 0;
+    for (; j + 4 <= V; j += 4) mx = f32x4.max(mx, v128.load(lr + (<usize>j << 2)));
+    let m = laneMax(mx);
+    for (; j < V; j++) m = max(m, load<f32>(lr + (<usize>j << 2)));
+    const mv = f32x4.splat(m);
+    let sv = f32x4.splat(0);
+    j = 0;
+    for (; j + 4 <= V; j += 4) {
+      const o = <usize>j << 2;
+      const e = expLanes(f32x4.sub(v128.load(lr + o), mv));
+      v128.store(pr + o, e);
+      sv = f32x4.add(sv, e);
+    }
+    let s = <f64>laneSum(sv);
+    for (; j < V; j++) {
+      const o = <usize>j << 2;
+      const e = f32x4.extract_lane(expLanes(f32x4.splat(load<f32>(lr + o) - m)), 0);
+      store<f32>(pr + o, e);
+      s += <f64>e;
+    }
+    const inv = f32x4.splat(<f32>(1.0 / s));
+    j = 0;
+    for (; j + 4 <= V; j += 4) {
+      const o = <usize>j << 2;
+      v128.store(pr + o, f32x4.mul(v128.load(pr + o), inv));
+    }
+    for (; j < V; j++) {
+      const o = <usize>j << 2;
+      store<f32>(pr + o, load<f32>(pr + o) * <f32>(1.0 / s));
+    }
+    // The host finishes logits[row, target] - max - log(sum) (a log here would need data tables).
+    store<f32>(out + (<usize>r << 4), m);
+    store<f64>(out + (<usize>r << 4), s, 8);
+  }
+}
+
+/** dlogits[row] = g (onehot(target) - probs[row]) for records [r0, r1) of (row, target, g). */
+function logprobBackwardRows(table: usize, dlogits: usize, probs: usize, V: i32, r0: i32, r1: i32): void {
+  for (let r = r0; r < r1; r++) {
+    const rec = table + RECORDS + <usize>r * 12;
+    const row = load<i32>(rec);
+    const target = load<i32>(rec, 4);
+    const g = load<f32>(rec, 8);
+    const off = <usize>row * <usize>V << 2;
+    const dr = dlogits + off;
+    const pr = probs + off;
+    const ng = f32x4.splat(-g);
+    let j = 0;
+    for (; j + 4 <= V; j += 4) {
+      const o = <usize>j << 2;
+      v128.store(dr + o, f32x4.mul(ng, v128.load(pr + o)));
+    }
+    for (; j < V; j++) {
+      const o = <usize>j << 2;
+      store<f32>(dr + o, -g * load<f32>(pr + o));
+    }
+    const t = dr + (<usize>target << 2);
+    store<f32>(t, load<f32>(t) + g);
+  }
+}
+
+/**
+ * One head vector x at `src` rotated by RoPE into `dst` (may be the same address): on the pairs
+ * (i, i + half), out_i = x_i c - x_{i+half} s, out_{i+half} = x_{i+half} c + x_i s with s = sign sin.
+ * In float64 and rounded once, exactly as layers.ts ropeRotate, so both give the same bytes.
+ */
+function ropeVector(dst: usize, src: usize, cos: usize, sin: usize, half: i32, sign: f64): void {
+  const sg = f64x2.splat(sign);
+  const hb = <usize>half << 2;
+  let i = 0;
+  for (; i + 2 <= half; i += 2) {
+    const o = <usize>i << 2;
+    const x1 = f64x2.promote_low_f32x4(v128.load64_zero(src + o));
+    const x2 = f64x2.promote_low_f32x4(v128.load64_zero(src + hb + o));
+    const c = f64x2.promote_low_f32x4(v128.load64_zero(cos + o));
+    const sn = f64x2.mul(sg, f64x2.promote_low_f32x4(v128.load64_zero(sin + o)));
+    const a = f32x4.demote_f64x2_zero(f64x2.sub(f64x2.mul(x1, c), f64x2.mul(x2, sn)));
+    const b = f32x4.demote_f64x2_zero(f64x2.add(f64x2.mul(x2, c), f64x2.mul(x1, sn)));
+    v128.store64_lane(dst + o, a, 0);
+    v128.store64_lane(dst + hb + o, b, 0);
+  }
+  for (; i < half; i++) {
+    const o = <usize>i << 2;
+    const x1 = <f64>load<f32>(src + o);
+    const x2 = <f64>load<f32>(src + hb + o);
+    const c = <f64>load<f32>(cos + o);
+    const sn = sign * <f64>load<f32>(sin + o);
+    store<f32>(dst + o, <f32>(x1 * c - x2 * sn));
+    store<f32>(dst + hb + o, <f32>(x2 * c + x1 * sn));
+  }
+}
+
+/**
+ * Rows [r0, r1) of flat [B*T, stride] rows <-> head-major [B, heads, T, D] vectors, head h of row n =
+ * b*T + t at column col + h*D. split: flat -> heads; merge: heads -> flat. cos == 0: a plain copy;
+ * otherwise each vector is rotated by RoPE at position t (sign 1 forward, -1 the inverse).
+ */
+function moveHeads(
+  split: bool, flat: usize, stride: i32, col: i32, heads: usize, T: i32, H: i32, D: i32,
+  cos: usize, sin: usize, sign: f64, r0: i32, r1: i32,
+): void {
+  const half = D >> 1;
+  const bytes = <usize>D << 2;
+  for (let n = r0; n < r1; n++) {
+    const b = n / T;
+    const t = n - b * T;
+    const rowOff = flat + ((<usize>n * <usize>stride + <usize>col) << 2);
+    const cs = <usize>t * <usize>half << 2;
+    for (let h = 0; h < H; h++) {
+      const f = rowOff + <usize>h * bytes;
+      const v = heads + ((<usize>(b * H + h) * <usize>T + <usize>t) * bytes);
+      const dst = split ? v : f;
+      const src = split ? f : v;
+      if (cos == 0) memory.copy(dst, src, bytes);
+      else ropeVector(dst, src, cos + cs, sin + cs, half, sign);
+    }
+  }
+}
+
+/** Runs chunk `index` of the element-wise job described by the argument table at `table`. */
+export function elementwiseChunk(table: usize, index: i32): void {
+  const op = word(table, 0);
+  if (op == OP_SOFTMAX) {
+    const rec = table + RECORDS + (<usize>index << 3);
+    softmaxBlock(<usize>load<u32>(rec), load<i32>(rec, 4), word(table, 3));
+    return;
+  }
+  if (op == OP_SOFTMAX_BACKWARD) {
+    const rec = table + RECORDS + <usize>index * 12;
+    softmaxBackwardBlock(<usize>load<u32>(rec), <usize>load<u32>(rec, 4), load<i32>(rec, 8));
+    return;
+  }
+  const per = word(table, 1);
+  const r0 = index * per;
+  const r1 = min(word(table, 2), r0 + per);
+  if (op == OP_RMSNORM) {
+    rmsnormRows(address(table, 3), address(table, 4), address(table, 5), address(table, 6), word(table, 7), real(table, 8), r0, r1);
+  } else if (op == OP_RMSNORM_BACKWARD) {
+    const C = word(table, 9);
+    const part = address(table, 4) + (<usize>index * <usize>C << 2);
+    rmsnormBackwardRows(address(table, 3), part, address(table, 5), address(table, 6), address(table, 7), address(table, 8), C, r0, r1);
+  } else if (op == OP_ADAMW) {
+    const f = table + RECORDS;
+    adamwRange(
+      address(table, 3), address(table, 4), address(table, 5), address(table, 6), address(table, 7),
+      load<f64>(f), load<f64>(f, 8), load<f64>(f, 16), load<f64>(f, 24), load<f64>(f, 32), load<f64>(f, 40),
+      r0, r1,
+    );
+  } else if (op == OP_LOGPROBS) {
+    softmaxRows(table, address(table, 3), address(table, 4), address(table, 5), word(table, 6), r0, r1);
+  } else if (op == OP_SPLIT_HEADS || op == OP_MERGE_HEADS) {
+    moveHeads(
+      op == OP_SPLIT_HEADS, address(table, 3), word(table, 4), word(table, 5), address(table, 6),
+      word(table, 7), word(table, 8), word(table, 9), address(table, 10), address(table, 11),
+      <f64>real(table, 12), r0, r1,
+    );
+  } else if (op == OP_LOGPROBS_BACKWARD) {
+    logprobBackwardRows(table, address(table, 3), address(table, 4), word(table, 6), r0, r1);
+  } else {
+    unreachable();
+  }
+}

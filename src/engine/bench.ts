@@ -150,6 +150,22 @@ export interface BenchResult {
   profile?: BenchProfile;
 }
 
+/** Every function of ElementwiseKernels (a missing one fails the type check of the record below). */
+const ELEMENTWISE_METHODS = Object.keys({
+  swigluForward: 0,
+  swigluRecompute: 0,
+  swigluBackward: 0,
+  splitHeads: 0,
+  mergeHeads: 0,
+  causalSoftmax: 0,
+  causalSoftmaxBackward: 0,
+  rmsnormForward: 0,
+  rmsnormBackward: 0,
+  softmaxRows: 0,
+  softmaxRowsBackward: 0,
+  adamw: 0,
+} satisfies Record<keyof ElementwiseKernels, 0>) as (keyof ElementwiseKernels)[];
+
 /**
  * Kernels that time every product and element-wise call of the kernels they wrap (for `profile`);
  * everything else passes through.
@@ -168,14 +184,7 @@ class TimedKernels implements Kernels {
     this.backend = inner.backend;
     this.threads = inner.threads;
     const e = inner.elementwise;
-    this.elementwise =
-      e === undefined
-        ? undefined
-        : {
-            swigluForward: (...args) => this.timeElementwise(() => e.swigluForward(...args)),
-            swigluRecompute: (...args) => this.timeElementwise(() => e.swigluRecompute(...args)),
-            swigluBackward: (...args) => this.timeElementwise(() => e.swigluBackward(...args)),
-          };
+    this.elementwise = e === undefined ? undefined : this.timedElementwise(e);
   }
 
   /** Sets every counter to zero. */
@@ -230,10 +239,18 @@ class TimedKernels implements Kernels {
     this.inner.dispose();
   }
 
-  private timeElementwise(run: () => void): void {
-    const t0 = performance.now();
-    run();
-    this.elementwiseMs += performance.now() - t0;
+  /** Every function of `e`, timed into elementwiseMs. */
+  private timedElementwise(e: ElementwiseKernels): ElementwiseKernels {
+    const timed: Record<string, unknown> = {};
+    for (const key of ELEMENTWISE_METHODS) {
+      const f = e[key] as unknown;
+      timed[key] = (...args: unknown[]) => {
+        const t0 = performance.now();
+        (f as (...a: unknown[]) => void).apply(e, args);
+        this.elementwiseMs += performance.now() - t0;
+      };
+    }
+    return timed as unknown as ElementwiseKernels;
   }
 }
 
@@ -268,6 +285,7 @@ export function runBench(preset: BenchPreset, kernels: Kernels, options: BenchOp
   const optimizer = new AdamW(model.numParams, {
     weightDecay: 0.1,
     decayMask: decayMaskFromSpecs(model.specs),
+    kernels: timed ?? kernels,
   });
 
   const { batch: B, seqLen: T, vocab: V } = preset;

@@ -148,7 +148,8 @@ export function embeddingBackward(
 // RMSNorm: y = x * rsqrt(mean(x^2) + eps) * w
 // ---------------------------------------------------------------------------------------------
 
-// x [N, C], w [C] -> out [N, C], rstd [N]
+// x [N, C], w [C] -> out [N, C], rstd [N]. Given kernels with element-wise loops, every buffer must
+// come from their alloc(); rows are then shared out over their threads.
 /** RMS-normalises each row and scales it by w. */
 export function rmsnormForward(
   out: Float32Array,
@@ -158,7 +159,13 @@ export function rmsnormForward(
   N: number,
   C: number,
   eps: number,
+  kernels?: Kernels,
 ): void {
+  const simd = kernels?.elementwise;
+  if (simd !== undefined) {
+    simd.rmsnormForward(out, rstd, x, w, N, C, eps);
+    return;
+  }
   for (let n = 0; n < N; n++) {
     const off = n * C;
     let ss = 0;
@@ -169,7 +176,8 @@ export function rmsnormForward(
   }
 }
 
-// dout [N, C] -> dx [N, C] (accumulated), dw [C] (accumulated)
+// dout [N, C] -> dx [N, C] (accumulated), dw [C] (accumulated). With kernels as rmsnormForward (dw
+// then sums fixed row chunks in a fixed order, so the bytes do not depend on the thread count).
 /** Backward of rmsnormForward: dx_j = r*g_j - r^3 * x_j * sum_i(g_i x_i) / C with g = dout * w. */
 export function rmsnormBackward(
   dx: Float32Array,
@@ -180,7 +188,13 @@ export function rmsnormBackward(
   rstd: Float32Array,
   N: number,
   C: number,
+  kernels?: Kernels,
 ): void {
+  const simd = kernels?.elementwise;
+  if (simd !== undefined) {
+    simd.rmsnormBackward(dx, dw, dout, x, w, rstd, N, C);
+    return;
+  }
   for (let n = 0; n < N; n++) {
     const off = n * C;
     const r = rstd[n];
@@ -286,7 +300,8 @@ export function ropeRotate(
 }
 
 // src [B*T, srcStride] holding `heads` heads at columns [col, col + heads*D) -> dst [B, heads, T, D],
-// each head vector at position t rotated by RoPE when a table is given.
+// each head vector at position t rotated by RoPE when a table is given. Given kernels with element-wise
+// loops (dst and src from their alloc()), rows are shared out over their threads; same bytes either way.
 /** Scatters heads into head-major layout, applying RoPE when `rope` is given. */
 export function splitHeads(
   dst: Float32Array,
@@ -298,7 +313,13 @@ export function splitHeads(
   heads: number,
   D: number,
   rope: RopeTable | null,
+  kernels?: Kernels,
 ): void {
+  const simd = kernels?.elementwise;
+  if (simd !== undefined) {
+    simd.splitHeads(dst, src, srcStride, col, B, T, heads, D, rope);
+    return;
+  }
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < T; t++) {
       const rowOff = (b * T + t) * srcStride + col;
@@ -326,7 +347,13 @@ export function mergeHeads(
   heads: number,
   D: number,
   ropeInverse: RopeTable | null,
+  kernels?: Kernels,
 ): void {
+  const simd = kernels?.elementwise;
+  if (simd !== undefined) {
+    simd.mergeHeads(dst, dstStride, col, src, B, T, heads, D, ropeInverse);
+    return;
+  }
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < T; t++) {
       const rowOff = (b * T + t) * dstStride + col;
@@ -417,7 +444,13 @@ export function attentionForward(
     }
   }
   kernels.sgemmBatch(false, true, scale, 0, scores);
-  for (const item of scores) causalSoftmaxInPlace(item.C, item.M, window);
+  const simd = kernels.elementwise;
+  if (simd !== undefined)
+    simd.causalSoftmax(
+      scores.map((item) => ({ scores: item.C, len: item.M })),
+      window,
+    );
+  else for (const item of scores) causalSoftmaxInPlace(item.C, item.M, window);
   kernels.sgemmBatch(false, false, 1, 0, weighted);
 }
 
@@ -495,7 +528,10 @@ export function attentionBackward(
   let used = 0;
   const flush = (): void => {
     kernels.sgemmBatch(false, true, 1, 0, dP);
-    for (let i = 0; i < dP.length; i++) softmaxBackwardInPlace(dP[i].C, blocks[i], dP[i].M);
+    const simd = kernels.elementwise;
+    if (simd !== undefined)
+      simd.causalSoftmaxBackward(dP.map((item, i) => ({ ds: item.C, p: blocks[i], len: item.M })));
+    else for (let i = 0; i < dP.length; i++) softmaxBackwardInPlace(dP[i].C, blocks[i], dP[i].M);
     for (let r = 0; r < rep; r++) kernels.sgemmBatch(true, false, 1, 1, dV[r]);
     kernels.sgemmBatch(false, false, scale, 0, dQ);
     for (let r = 0; r < rep; r++) kernels.sgemmBatch(true, false, scale, 1, dK[r]);
@@ -638,7 +674,8 @@ export function swigluBackward(
 // logits [B*T, V], ids [B, T] -> tokenLogprobs [B*T], probs [B*T, V].
 // Row b*T + t - 1 predicts ids[b*T + t]; entry t of tokenLogprobs is log p(ids[t] | ids[<t]) for
 // 1 <= t < lengths[b] and 0 elsewhere. probs holds the softmax of the rows that predict something (the
-// rest is left as it was), so backward needs no exp.
+// rest is left as it was), so backward needs no exp. Given kernels with element-wise loops (probs and
+// logits from their alloc()), the rows are shared out over their threads.
 /** Next-token log-probabilities of a batch. */
 export function tokenLogprobsForward(
   tokenLogprobs: Float32Array,
@@ -649,8 +686,19 @@ export function tokenLogprobsForward(
   B: number,
   T: number,
   V: number,
+  kernels?: Kernels,
 ): void {
   tokenLogprobs.fill(0, 0, B * T);
+  const simd = kernels?.elementwise;
+  if (simd !== undefined) {
+    const { rows, targets, positions } = predictingRows(ids, lengths, B, T);
+    const max = new Float32Array(rows.length);
+    const sum = new Float64Array(rows.length);
+    simd.softmaxRows(probs, logits, rows, V, max, sum);
+    for (let i = 0; i < rows.length; i++)
+      tokenLogprobs[positions[i]] = logits[rows[i] * V + targets[i]] - max[i] - Math.log(sum[i]);
+    return;
+  }
   for (let b = 0; b < B; b++) {
     for (let t = 1; t < lengths[b]; t++) {
       const off = (b * T + t - 1) * V;
@@ -669,8 +717,31 @@ export function tokenLogprobsForward(
   }
 }
 
+/** The rows b*T + t - 1 that predict a token (1 <= t < lengths[b]), their targets ids[b*T + t] and positions b*T + t. */
+function predictingRows(
+  ids: Int32Array,
+  lengths: Int32Array,
+  B: number,
+  T: number,
+): { rows: Int32Array; targets: Int32Array; positions: Int32Array } {
+  let count = 0;
+  for (let b = 0; b < B; b++) count += Math.max(0, lengths[b] - 1);
+  const rows = new Int32Array(count);
+  const targets = new Int32Array(count);
+  const positions = new Int32Array(count);
+  let i = 0;
+  for (let b = 0; b < B; b++)
+    for (let t = 1; t < lengths[b]; t++, i++) {
+      rows[i] = b * T + t - 1;
+      positions[i] = b * T + t;
+      targets[i] = ids[b * T + t];
+    }
+  return { rows, targets, positions };
+}
+
 // dTokenLogprobs [B*T] -> dlogits [B*T, V] (overwritten). For the row predicting token t:
 //   dlogits_j = g_t (1[j = ids[t]] - softmax_j).  Rows that predict nothing are zero.
+// Kernels as for tokenLogprobsForward (dlogits from their alloc(); g is rounded to fp32 there).
 /** Backward of tokenLogprobsForward. */
 export function tokenLogprobsBackward(
   dlogits: Float32Array,
@@ -681,7 +752,28 @@ export function tokenLogprobsBackward(
   B: number,
   T: number,
   V: number,
+  kernels?: Kernels,
 ): void {
+  const simd = kernels?.elementwise;
+  if (simd !== undefined) {
+    const all = predictingRows(ids, lengths, B, T);
+    const keep: number[] = [];
+    for (let i = 0; i < all.rows.length; i++) if (dTokenLogprobs[all.positions[i]] !== 0) keep.push(i);
+    const rows = Int32Array.from(keep, (i) => all.rows[i]);
+    const written = new Uint8Array(B * T);
+    for (const r of rows) written[r] = 1;
+    // Zero only the rows the kernel does not overwrite (at large vocabularies, most of the bytes).
+    for (let r = 0; r < B * T; r++) if (written[r] === 0) dlogits.fill(0, r * V, (r + 1) * V);
+    simd.softmaxRowsBackward(
+      dlogits,
+      probs,
+      rows,
+      Int32Array.from(keep, (i) => all.targets[i]),
+      Float32Array.from(keep, (i) => dTokenLogprobs[all.positions[i]]),
+      V,
+    );
+    return;
+  }
   dlogits.fill(0, 0, B * T * V);
   for (let b = 0; b < B; b++) {
     for (let t = 1; t < lengths[b]; t++) {

@@ -448,28 +448,28 @@ export class LlamaModel {
       const s = a.layers[l];
       const x = a.resid[l];
       const out = a.resid[l + 1];
-      rmsnormForward(s.ln1, s.rstd1, x, w.ln1, N, C, eps);
+      rmsnormForward(s.ln1, s.rstd1, x, w.ln1, N, C, eps, k);
       linearForward(k, a.qkvFlat, s.ln1, w.qkv, N, C, this.qkvDim);
       if (w.qkvBias !== null) biasForward(a.qkvFlat, w.qkvBias, N, this.qkvDim);
       if (w.qNorm !== null && w.kNorm !== null) {
         // Qwen3: q and k are RMS-normalised per head, then rotated
-        splitHeads(s.qRaw, a.qkvFlat, this.qkvDim, 0, B, T, H, D, null);
-        rmsnormForward(s.q, s.qRstd, s.qRaw, w.qNorm, B * H * T, D, eps);
+        splitHeads(s.qRaw, a.qkvFlat, this.qkvDim, 0, B, T, H, D, null, k);
+        rmsnormForward(s.q, s.qRstd, s.qRaw, w.qNorm, B * H * T, D, eps, k);
         ropeHeadsInPlace(s.q, B, H, T, D, this.rope, 1);
-        splitHeads(s.kRaw, a.qkvFlat, this.qkvDim, qDim, B, T, KVH, D, null);
-        rmsnormForward(s.k, s.kRstd, s.kRaw, w.kNorm, B * KVH * T, D, eps);
+        splitHeads(s.kRaw, a.qkvFlat, this.qkvDim, qDim, B, T, KVH, D, null, k);
+        rmsnormForward(s.k, s.kRstd, s.kRaw, w.kNorm, B * KVH * T, D, eps, k);
         ropeHeadsInPlace(s.k, B, KVH, T, D, this.rope, 1);
       } else {
-        splitHeads(s.q, a.qkvFlat, this.qkvDim, 0, B, T, H, D, this.rope);
-        splitHeads(s.k, a.qkvFlat, this.qkvDim, qDim, B, T, KVH, D, this.rope);
+        splitHeads(s.q, a.qkvFlat, this.qkvDim, 0, B, T, H, D, this.rope, k);
+        splitHeads(s.k, a.qkvFlat, this.qkvDim, qDim, B, T, KVH, D, this.rope, k);
       }
-      splitHeads(s.v, a.qkvFlat, this.qkvDim, qDim + kvDim, B, T, KVH, D, null);
+      splitHeads(s.v, a.qkvFlat, this.qkvDim, qDim + kvDim, B, T, KVH, D, null, k);
       attentionForward(k, a.heads, s.probs, s.q, s.k, s.v, B, T, H, KVH, D, lengths, d.slidingWindow);
-      mergeHeads(s.attn, qDim, 0, a.heads, B, T, H, D, null);
+      mergeHeads(s.attn, qDim, 0, a.heads, B, T, H, D, null, k);
       s.xMid.set(x.subarray(0, N * C));
       linearForward(k, s.xMid, s.attn, w.o, N, qDim, C, true);
       if (w.oBias !== null) biasForward(s.xMid, w.oBias, N, C);
-      rmsnormForward(s.ln2, s.rstd2, s.xMid, w.ln2, N, C, eps);
+      rmsnormForward(s.ln2, s.rstd2, s.xMid, w.ln2, N, C, eps, k);
       linearForward(k, s.gu, s.ln2, w.gu, N, C, 2 * I);
       if (w.guBias !== null) biasForward(s.gu, w.guBias, N, 2 * I);
       swigluForward(a.h, s.sig, s.gu, N, I, k);
@@ -477,7 +477,7 @@ export class LlamaModel {
       linearForward(k, out, a.h, w.down, N, I, C, true);
       if (w.downBias !== null) biasForward(out, w.downBias, N, C);
     }
-    rmsnormForward(a.lnf, a.rstdf, a.resid[d.layers], this.tensor("model.norm.weight"), N, C, eps);
+    rmsnormForward(a.lnf, a.rstdf, a.resid[d.layers], this.tensor("model.norm.weight"), N, C, eps, k);
     return a;
   }
 
@@ -502,6 +502,7 @@ export class LlamaModel {
       a.rstdf,
       N,
       C,
+      k,
     );
     for (let l = d.layers - 1; l >= 0; l--) {
       const w = this.weights[l];
@@ -514,11 +515,11 @@ export class LlamaModel {
       swigluBackward(a.dGu, a.dH, s.gu, s.sig, N, I, k);
       if (g.guBias !== null) biasBackward(g.guBias, a.dGu, N, 2 * I);
       linearBackward(k, a.dLn, g.gu, a.dGu, s.ln2, w.gu, N, C, 2 * I);
-      rmsnormBackward(dResid, g.ln2, a.dLn, s.xMid, w.ln2, s.rstd2, N, C);
+      rmsnormBackward(dResid, g.ln2, a.dLn, s.xMid, w.ln2, s.rstd2, N, C, k);
       // attention: xMid = x + o(attention(rope(q), rope(k), v))
       if (g.oBias !== null) biasBackward(g.oBias, dResid, N, C);
       linearBackward(k, a.dAttn, g.o, dResid, s.attn, w.o, N, qDim, C);
-      splitHeads(a.heads, a.dAttn, qDim, 0, B, T, H, D, null);
+      splitHeads(a.heads, a.dAttn, qDim, 0, B, T, H, D, null, k);
       attentionBackward(
         k,
         a.dq,
@@ -541,20 +542,20 @@ export class LlamaModel {
         // undo RoPE, then the per-head norms (a.heads is free scratch once attention's backward ran)
         ropeHeadsInPlace(a.dq, B, H, T, D, this.rope, -1);
         a.heads.fill(0, 0, N * qDim);
-        rmsnormBackward(a.heads, g.qNorm, a.dq, s.qRaw, w.qNorm, s.qRstd, B * H * T, D);
-        mergeHeads(a.qkvFlat, this.qkvDim, 0, a.heads, B, T, H, D, null);
+        rmsnormBackward(a.heads, g.qNorm, a.dq, s.qRaw, w.qNorm, s.qRstd, B * H * T, D, k);
+        mergeHeads(a.qkvFlat, this.qkvDim, 0, a.heads, B, T, H, D, null, k);
         ropeHeadsInPlace(a.dk, B, KVH, T, D, this.rope, -1);
         a.heads.fill(0, 0, N * kvDim);
-        rmsnormBackward(a.heads, g.kNorm, a.dk, s.kRaw, w.kNorm, s.kRstd, B * KVH * T, D);
-        mergeHeads(a.qkvFlat, this.qkvDim, qDim, a.heads, B, T, KVH, D, null);
+        rmsnormBackward(a.heads, g.kNorm, a.dk, s.kRaw, w.kNorm, s.kRstd, B * KVH * T, D, k);
+        mergeHeads(a.qkvFlat, this.qkvDim, qDim, a.heads, B, T, KVH, D, null, k);
       } else {
-        mergeHeads(a.qkvFlat, this.qkvDim, 0, a.dq, B, T, H, D, this.rope);
-        mergeHeads(a.qkvFlat, this.qkvDim, qDim, a.dk, B, T, KVH, D, this.rope);
+        mergeHeads(a.qkvFlat, this.qkvDim, 0, a.dq, B, T, H, D, this.rope, k);
+        mergeHeads(a.qkvFlat, this.qkvDim, qDim, a.dk, B, T, KVH, D, this.rope, k);
       }
-      mergeHeads(a.qkvFlat, this.qkvDim, qDim + kvDim, a.dv, B, T, KVH, D, null);
+      mergeHeads(a.qkvFlat, this.qkvDim, qDim + kvDim, a.dv, B, T, KVH, D, null, k);
       if (g.qkvBias !== null) biasBackward(g.qkvBias, a.qkvFlat, N, this.qkvDim);
       linearBackward(k, a.dLn, g.qkv, a.qkvFlat, s.ln1, w.qkv, N, C, this.qkvDim);
-      rmsnormBackward(dResid, g.ln1, a.dLn, a.resid[l], w.ln1, s.rstd1, N, C);
+      rmsnormBackward(dResid, g.ln1, a.dLn, a.resid[l], w.ln1, s.rstd1, N, C, k);
     }
     embeddingBackward(this.gradTensor("model.embed_tokens.weight"), dResid, ids, lengths, B, T, C);
   }
@@ -591,7 +592,7 @@ export class LlamaModel {
     const a = this.backboneForward(ids, lengths, B, T);
     linearForward(this.kernels, a.logits, a.lnf, lmHead, N, this.dims.hidden, V);
     const tokenLogprobs = new Float32Array(N);
-    tokenLogprobsForward(tokenLogprobs, a.probs, a.logits, ids, lengths, B, T, V);
+    tokenLogprobsForward(tokenLogprobs, a.probs, a.logits, ids, lengths, B, T, V, this.kernels);
     const seqLogprobs = new Float64Array(B);
     const tokenCounts = new Int32Array(B);
     for (let b = 0; b < B; b++) {
@@ -623,7 +624,7 @@ export class LlamaModel {
       throw new Error(`dTokenLogprobs has ${dTokenLogprobs.length} entries, expected ${N}`);
     const a = this.acts!;
     const { vocab: V, hidden: C } = this.dims;
-    tokenLogprobsBackward(a.dLogits, dTokenLogprobs, a.probs, ids, lengths, B, T, V);
+    tokenLogprobsBackward(a.dLogits, dTokenLogprobs, a.probs, ids, lengths, B, T, V, this.kernels);
     linearBackward(
       this.kernels,
       a.dLn,

@@ -4,6 +4,7 @@
  * Hugging Face Trainer run): betas (0.9, 0.95), eps 1e-8, weight decay 0.1, warmup ratio 0.1, and the
  * update matches torch.optim.AdamW, so a run here and a run there take the same steps.
  */
+import type { ElementwiseKernels, Kernels } from "./kernels/types.js";
 import { numel, type ParamSpec } from "./params.js";
 
 /** AdamW hyperparameters. */
@@ -14,6 +15,12 @@ export interface AdamWOptions {
   weightDecay?: number;
   /** 1 where weight decay applies, 0 where it does not, one byte per parameter (default: decay all). */
   decayMask?: Uint8Array;
+  /**
+   * The kernels that hold the parameters and gradients: where they have element-wise loops, the moments
+   * live in their memory and each step runs there, shared out over their threads (same bytes as the
+   * TypeScript loop). Parameters and gradients passed to step() must then come from their alloc().
+   */
+  kernels?: Kernels;
 }
 
 /** Everything needed to continue AdamW exactly where it stopped. */
@@ -52,8 +59,10 @@ export class AdamW {
   readonly eps: number;
   readonly weightDecay: number;
   private readonly decayMask: Uint8Array | null;
-  private m: Float32Array;
-  private v: Float32Array;
+  private readonly m: Float32Array;
+  private readonly v: Float32Array;
+  /** The kernels' compiled loop when the moments live in their memory (see AdamWOptions.kernels). */
+  private readonly fast: ElementwiseKernels | undefined;
   private t = 0;
 
   /** Creates the optimiser for `size` parameters with zeroed moments. */
@@ -73,8 +82,18 @@ export class AdamW {
     if (options.decayMask && options.decayMask.length !== size)
       throw new RangeError(`AdamW: decayMask has ${options.decayMask.length} entries for ${size} parameters`);
     this.decayMask = options.decayMask ?? null;
-    this.m = new Float32Array(size);
-    this.v = new Float32Array(size);
+    const fast = options.kernels?.elementwise;
+    const moments =
+      fast === undefined ? undefined : kernelMoments(options.kernels as Kernels, size, this.decayMask);
+    if (fast !== undefined && moments !== undefined) {
+      this.fast = fast;
+      this.m = moments.m;
+      this.v = moments.v;
+      this.decayMask = moments.mask;
+    } else {
+      this.m = new Float32Array(size);
+      this.v = new Float32Array(size);
+    }
   }
 
   /** Number of updates taken so far. */
@@ -102,6 +121,10 @@ export class AdamW {
     const m = this.m;
     const v = this.v;
     const mask = this.decayMask;
+    if (this.fast !== undefined) {
+      this.fast.adamw(params, grads, m, v, mask, { stepSize, sqrtBc2, decay, beta1: b1, beta2: b2, eps });
+      return;
+    }
     for (let i = 0; i < this.size; i++) {
       const g = grads[i];
       let p = params[i];
@@ -128,8 +151,38 @@ export class AdamW {
     if (!Number.isInteger(state.step) || state.step < 0)
       throw new RangeError(`AdamW.importState: step must be a non-negative integer, got ${state.step}`);
     this.t = state.step;
-    this.m = state.m.slice();
-    this.v = state.v.slice();
+    this.m.set(state.m);
+    this.v.set(state.v);
+  }
+}
+
+/**
+ * Zeroed moments (and a copy of the decay mask) in the kernels' memory, or undefined when that memory
+ * cannot hold them (the WASM heap stops at 4 GiB): the optimiser then keeps them on the JS heap.
+ */
+function kernelMoments(
+  kernels: Kernels,
+  size: number,
+  decayMask: Uint8Array | null,
+): { m: Float32Array; v: Float32Array; mask: Uint8Array | null } | undefined {
+  const taken: Float32Array[] = [];
+  try {
+    const m = kernels.alloc(size);
+    taken.push(m);
+    const v = kernels.alloc(size);
+    taken.push(v);
+    let mask: Uint8Array | null = null;
+    if (decayMask !== null) {
+      const bytes = kernels.alloc(Math.ceil(size / 4));
+      taken.push(bytes);
+      mask = new Uint8Array(bytes.buffer, bytes.byteOffset, size);
+      mask.set(decayMask);
+    }
+    return { m, v, mask };
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
+    for (const view of taken) kernels.release(view);
+    return undefined;
   }
 }
 

@@ -224,6 +224,7 @@ export function trainRun(spec: TrainRunSpec): TrainRunResult {
   const optimizer = new AdamW(model.numParams, {
     weightDecay: spec.weightDecay,
     decayMask: decayMaskFromSpecs(model.specs),
+    kernels: model.kernels,
   });
   const total = totalSteps(spec.loop.items, spec.loop.batchSize, spec.loop.epochs);
   const saved = run.latest();

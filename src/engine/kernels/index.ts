@@ -10,7 +10,17 @@ import type { WasmModule } from "./webassembly.js";
 export type { BlasLibrary, BlasSearch, BlasVendor } from "./blas.js";
 export { BLAS_ENV, BlasKernels, blasCandidates, findBlas } from "./blas.js";
 export { PlainKernels, plainSgemm } from "./plain.js";
-export type { ElementwiseKernels, GemmBatchItem, KernelBackend, Kernels, PoolStats } from "./types.js";
+export type {
+  AdamWScalars,
+  ElementwiseKernels,
+  GemmBatchItem,
+  KernelBackend,
+  Kernels,
+  PoolStats,
+  RopeTables,
+  SoftmaxBackwardBlock,
+  SoftmaxBlock,
+} from "./types.js";
 export type { WasmKernelsOptions } from "./wasm.js";
 export { WasmKernels } from "./wasm.js";
 

@@ -50,8 +50,11 @@ export function openValue(generation: number): number {
   return (generation & 0x7ff) << TAG_SHIFT;
 }
 
-/** Job kinds: which wasm entry point a chunk runs. BATCH: `a` is a batch table, chunk i its record i. */
-export const JOB_KIND = { PACKED: 0, SMALL: 1, BATCH: 2 } as const;
+/**
+ * Job kinds: which wasm entry point a chunk runs. BATCH: `a` is a batch table, chunk i its record i.
+ * ELEMENTWISE: `a` is an element-wise argument table (see assembly/kernels.ts elementwiseChunk).
+ */
+export const JOB_KIND = { PACKED: 0, SMALL: 1, BATCH: 2, ELEMENTWISE: 3 } as const;
 
 /** Byte length of the control buffer for a pool of `workers` workers. */
 export function controlBytes(workers: number): number {
@@ -61,6 +64,7 @@ export function controlBytes(workers: number): number {
 /** The functions build/kernels.wasm exports (see assembly/kernels.ts). */
 export interface KernelExports {
   packedWorkspaceFloats(): number;
+  elementwiseChunk(table: number, index: number): void;
   swigluForward(h: number, sig: number, gu: number, N: number, I: number): void;
   swigluRecompute(h: number, gu: number, sig: number, N: number, I: number): void;
   swigluBackward(dgu: number, dh: number, gu: number, sig: number, N: number, I: number): void;
@@ -134,6 +138,10 @@ export interface GemmJob {
 
 /** Runs chunk `index` of `job` on an instance of the kernels module with the thread's workspace. */
 export function runChunk(exports: KernelExports, job: GemmJob, index: number, work: number): void {
+  if (job.kind === JOB_KIND.ELEMENTWISE) {
+    exports.elementwiseChunk(job.a, index);
+    return;
+  }
   if (job.kind === JOB_KIND.BATCH) {
     const tA = job.transA ? 1 : 0;
     const tB = job.transB ? 1 : 0;

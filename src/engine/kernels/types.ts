@@ -88,9 +88,41 @@ export interface GemmBatchItem {
   C: Float32Array;
 }
 
+/** One head's causal score block of attention: `scores` holds [len, len] floats (softmaxed in place). */
+export interface SoftmaxBlock {
+  scores: Float32Array;
+  len: number;
+}
+
+/** One head's block for the softmax backward: ds [len, len] holds dP on entry, dS on return; p is P. */
+export interface SoftmaxBackwardBlock {
+  ds: Float32Array;
+  p: Float32Array;
+  len: number;
+}
+
+/** RoPE's tables as layers.ts RopeTable holds them: cos and sin [positions, half] (any memory). */
+export interface RopeTables {
+  readonly half: number;
+  readonly cos: Float32Array;
+  readonly sin: Float32Array;
+}
+
+/** AdamW's per-step scalars (see optim.ts AdamW.step for the update they define). */
+export interface AdamWScalars {
+  stepSize: number;
+  sqrtBc2: number;
+  decay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+}
+
 /**
- * SwiGLU compiled for a backend (see layers.ts swigluForward for shapes); every buffer from alloc().
- * Results differ from the plain loops by fp32 rounding only; forward and recompute agree bit for bit.
+ * Element-wise loops compiled for a backend (shapes as the same-named functions of layers.ts); every
+ * buffer from alloc(). Results differ from the plain loops by fp32 rounding only (AdamW: not at all),
+ * SwiGLU's forward and recompute agree bit for bit, and every result is the same bytes at any thread
+ * count: the work is cut into chunks by shape alone and partial sums are combined in a fixed order.
  */
 export interface ElementwiseKernels {
   /** h [N, I] = silu(gate) * up, sig [N, I] = sigmoid(gate) from gu [N, 2I]. */
@@ -105,6 +137,91 @@ export interface ElementwiseKernels {
     sig: Float32Array,
     N: number,
     I: number,
+  ): void;
+  /**
+   * Flat rows [B*T, srcStride] (heads at columns [col, col + heads*D)) -> dst [B, heads, T, D], each
+   * vector rotated by RoPE at its position t when `rope` is given (the same bytes as layers.ts).
+   */
+  splitHeads(
+    dst: Float32Array,
+    src: Float32Array,
+    srcStride: number,
+    col: number,
+    B: number,
+    T: number,
+    heads: number,
+    D: number,
+    rope: RopeTables | null,
+  ): void;
+  /** The reverse of splitHeads into dst's columns (overwritten), RoPE's inverse when `ropeInverse` is given. */
+  mergeHeads(
+    dst: Float32Array,
+    dstStride: number,
+    col: number,
+    src: Float32Array,
+    B: number,
+    T: number,
+    heads: number,
+    D: number,
+    ropeInverse: RopeTables | null,
+  ): void;
+  /** Causal softmax of each block in place, rows over their visible keys (window > 0: the last `window`). */
+  causalSoftmax(blocks: readonly SoftmaxBlock[], window: number): void;
+  /** dS = P (dP - rowsum(P dP)) on and below each block's diagonal, 0 above, in place of dP. */
+  causalSoftmaxBackward(blocks: readonly SoftmaxBackwardBlock[]): void;
+  /** out [N, C] = x * rstd * w, rstd [N] = 1 / sqrt(mean(x^2) + eps) per row. */
+  rmsnormForward(
+    out: Float32Array,
+    rstd: Float32Array,
+    x: Float32Array,
+    w: Float32Array,
+    N: number,
+    C: number,
+    eps: number,
+  ): void;
+  /** dx [N, C] and dw [C] accumulate RMSNorm's backward (see layers.ts rmsnormBackward). */
+  rmsnormBackward(
+    dx: Float32Array,
+    dw: Float32Array,
+    dout: Float32Array,
+    x: Float32Array,
+    w: Float32Array,
+    rstd: Float32Array,
+    N: number,
+    C: number,
+  ): void;
+  /**
+   * probs[r] = softmax(logits[r]) over V for each listed row r = rows[i]; max[i] and sum[i] get the row's
+   * largest logit and sum of exp(logit - max), from which log-softmax follows (logit - max - log sum).
+   */
+  softmaxRows(
+    probs: Float32Array,
+    logits: Float32Array,
+    rows: Int32Array,
+    V: number,
+    max: Float32Array,
+    sum: Float64Array,
+  ): void;
+  /** dlogits[rows[i]] = g[i] (onehot(targets[i]) - probs[rows[i]]) over V (other rows untouched). */
+  softmaxRowsBackward(
+    dlogits: Float32Array,
+    probs: Float32Array,
+    rows: Int32Array,
+    targets: Int32Array,
+    g: Float32Array,
+    V: number,
+  ): void;
+  /**
+   * One AdamW update of params in place (m, v, params and grads from alloc(); mask: one byte per
+   * parameter in alloc() memory, or null), the same float64 arithmetic as optim.ts, so the same bytes.
+   */
+  adamw(
+    params: Float32Array,
+    grads: Float32Array,
+    m: Float32Array,
+    v: Float32Array,
+    mask: Uint8Array | null,
+    scalars: AdamWScalars,
   ): void;
 }
 

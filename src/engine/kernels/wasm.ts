@@ -2,7 +2,16 @@ import { readFileSync } from "node:fs";
 import { checkBatch, checkDim, checkLength, checkNoOverlap, type SpaceOf } from "./checks.js";
 import { KernelPool } from "./pool.js";
 import { type GemmJob, JOB_KIND, type KernelExports, runChunk } from "./protocol.js";
-import type { ElementwiseKernels, GemmBatchItem, Kernels, PoolStats } from "./types.js";
+import type {
+  AdamWScalars,
+  ElementwiseKernels,
+  GemmBatchItem,
+  Kernels,
+  PoolStats,
+  RopeTables,
+  SoftmaxBackwardBlock,
+  SoftmaxBlock,
+} from "./types.js";
 import { requireWebAssembly, type WasmMemory, type WasmModule } from "./webassembly.js";
 
 /** Options of the WebAssembly backend. */
@@ -41,6 +50,30 @@ const PARALLEL_MIN_MACS = 1 << 18;
  * thread alone (preset S greedy generation: ~4500 -> ~6500 tokens/s on a loaded 2-core machine).
  */
 const SMALL_PARALLEL_MIN_MACS = 1 << 21;
+
+/** Element-wise operations of assembly/kernels.ts elementwiseChunk (word 0 of its argument table). */
+const OP = {
+  SOFTMAX: 1,
+  SOFTMAX_BACKWARD: 2,
+  RMSNORM: 3,
+  RMSNORM_BACKWARD: 4,
+  ADAMW: 5,
+  SOFTMAX_ROWS: 6,
+  SOFTMAX_ROWS_BACKWARD: 7,
+  SPLIT_HEADS: 8,
+  MERGE_HEADS: 9,
+} as const;
+/** Byte offset of the records (and AdamW's float64 scalars) in an element-wise argument table. */
+const ARGS_RECORDS = 64;
+/**
+ * Floats per element-wise chunk: rows per chunk follow from the shape alone (never from the thread
+ * count), so a partial sum always covers the same rows and results are the same bytes at any count.
+ */
+const ELEMENTWISE_CHUNK_FLOATS = 1 << 14;
+/** AdamW's elements per chunk. */
+const ADAMW_CHUNK = 1 << 16;
+/** Below this many floats of work an element-wise job runs on the main thread alone. */
+const ELEMENTWISE_PARALLEL_MIN = 1 << 16;
 
 /** Reads and compiles a kernels module; throws if the file is missing or the engine lacks SIMD/threads. */
 export function loadKernelsModule(path: string): WasmModule {
@@ -101,6 +134,12 @@ export class WasmKernels implements Kernels, ElementwiseKernels {
   /** Batch table in the shared memory (grown on demand) and its record size in bytes. */
   private batchTable: Float32Array | undefined;
   private readonly batchItemBytes: number;
+  /** Element-wise argument table in the shared memory (grown on demand). */
+  private argsTable: Float32Array | undefined;
+  /** The RoPE tables last used, copied into the shared memory (cos then sin), and their source. */
+  private ropeCopy: { source: Float32Array; length: number; tables: Float32Array } | undefined;
+  /** Scratch for RMSNorm backward's per-chunk dw partial sums (grown on demand). */
+  private partials: Float32Array | undefined;
   /** Packing workspace per participating thread (index 0: the main thread). */
   private readonly workspaces: number[] = [];
 
@@ -130,7 +169,10 @@ export class WasmKernels implements Kernels, ElementwiseKernels {
         ? new KernelPool(module, this.memory, this.workspaces.slice(1), options.spinMicros ?? 50)
         : undefined;
     this.name = `wasm-simd x${threads} thread${threads === 1 ? "" : "s"}`;
-    this.elementwise = typeof this.kernels.swigluForward === "function" ? this : undefined;
+    this.elementwise =
+      typeof this.kernels.swigluForward === "function" && typeof this.kernels.elementwiseChunk === "function"
+        ? this
+        : undefined;
   }
 
   /** Allocates a zero-filled, 64-byte aligned buffer in the shared memory (grows it when needed). */
@@ -316,6 +358,260 @@ export class WasmKernels implements Kernels, ElementwiseKernels {
     this.kernels.swigluBackward(dgu.byteOffset, dh.byteOffset, gu.byteOffset, sig.byteOffset, N, I);
   }
 
+  /** Flat rows to head-major vectors with RoPE, in fixed row chunks (see ElementwiseKernels). */
+  splitHeads(
+    dst: Float32Array,
+    src: Float32Array,
+    srcStride: number,
+    col: number,
+    B: number,
+    T: number,
+    heads: number,
+    D: number,
+    rope: RopeTables | null,
+  ): void {
+    this.checkOperand("src", src, B * T * srcStride);
+    this.checkOperand("dst", dst, B * heads * T * D);
+    this.moveHeads(OP.SPLIT_HEADS, src, srcStride, col, dst, B, T, heads, D, rope, 1);
+  }
+
+  /** Head-major vectors back to flat rows with RoPE's inverse, in fixed row chunks (see ElementwiseKernels). */
+  mergeHeads(
+    dst: Float32Array,
+    dstStride: number,
+    col: number,
+    src: Float32Array,
+    B: number,
+    T: number,
+    heads: number,
+    D: number,
+    ropeInverse: RopeTables | null,
+  ): void {
+    this.checkOperand("dst", dst, B * T * dstStride);
+    this.checkOperand("src", src, B * heads * T * D);
+    this.moveHeads(OP.MERGE_HEADS, dst, dstStride, col, src, B, T, heads, D, ropeInverse, -1);
+  }
+
+  /** Causal softmax of attention's score blocks, one chunk per block (see ElementwiseKernels). */
+  causalSoftmax(blocks: readonly SoftmaxBlock[], window: number): void {
+    let work = 0;
+    for (const { scores, len } of blocks) {
+      this.checkOperand("scores", scores, len * len);
+      work += len * len;
+    }
+    const t = this.argsFor(blocks.length * 2);
+    t.words[0] = OP.SOFTMAX;
+    t.words[3] = window;
+    for (let i = 0; i < blocks.length; i++) {
+      t.words[16 + 2 * i] = blocks[i].scores.byteOffset;
+      t.words[17 + 2 * i] = blocks[i].len;
+    }
+    this.runElementwise(t.table, blocks.length, work);
+  }
+
+  /** The causal softmax's backward per block, one chunk per block (see ElementwiseKernels). */
+  causalSoftmaxBackward(blocks: readonly SoftmaxBackwardBlock[]): void {
+    let work = 0;
+    for (const { ds, p, len } of blocks) {
+      this.checkOperand("ds", ds, len * len);
+      this.checkOperand("p", p, len * len);
+      work += len * len;
+    }
+    const t = this.argsFor(blocks.length * 3);
+    t.words[0] = OP.SOFTMAX_BACKWARD;
+    for (let i = 0; i < blocks.length; i++) {
+      t.words[16 + 3 * i] = blocks[i].ds.byteOffset;
+      t.words[17 + 3 * i] = blocks[i].p.byteOffset;
+      t.words[18 + 3 * i] = blocks[i].len;
+    }
+    this.runElementwise(t.table, blocks.length, work);
+  }
+
+  /** RMSNorm forward in fixed row chunks (see ElementwiseKernels). */
+  rmsnormForward(
+    out: Float32Array,
+    rstd: Float32Array,
+    x: Float32Array,
+    w: Float32Array,
+    N: number,
+    C: number,
+    eps: number,
+  ): void {
+    this.checkOperand("out", out, N * C);
+    this.checkOperand("rstd", rstd, N);
+    this.checkOperand("x", x, N * C);
+    this.checkOperand("w", w, C);
+    const per = rowsPerChunk(C);
+    const t = this.argsFor(0);
+    t.words[0] = OP.RMSNORM;
+    t.words[1] = per;
+    t.words[2] = N;
+    t.words[3] = out.byteOffset;
+    t.words[4] = rstd.byteOffset;
+    t.words[5] = x.byteOffset;
+    t.words[6] = w.byteOffset;
+    t.words[7] = C;
+    t.floats[8] = eps;
+    this.runElementwise(t.table, Math.ceil(N / per), N * C);
+  }
+
+  /**
+   * RMSNorm backward: dx rows in fixed chunks, each chunk's dw contribution into its own partial row,
+   * the partials then added to dw in chunk order (see ElementwiseKernels).
+   */
+  rmsnormBackward(
+    dx: Float32Array,
+    dw: Float32Array,
+    dout: Float32Array,
+    x: Float32Array,
+    w: Float32Array,
+    rstd: Float32Array,
+    N: number,
+    C: number,
+  ): void {
+    this.checkOperand("dx", dx, N * C);
+    this.checkOperand("dw", dw, C);
+    this.checkOperand("dout", dout, N * C);
+    this.checkOperand("x", x, N * C);
+    this.checkOperand("w", w, C);
+    this.checkOperand("rstd", rstd, N);
+    if (N === 0) return;
+    const per = rowsPerChunk(C);
+    const chunks = Math.ceil(N / per);
+    if (this.partials === undefined || this.partials.length < chunks * C) {
+      if (this.partials !== undefined) this.release(this.partials);
+      this.partials = this.alloc(chunks * C);
+    }
+    const part = this.partials;
+    const t = this.argsFor(0);
+    t.words[0] = OP.RMSNORM_BACKWARD;
+    t.words[1] = per;
+    t.words[2] = N;
+    t.words[3] = dx.byteOffset;
+    t.words[4] = part.byteOffset;
+    t.words[5] = dout.byteOffset;
+    t.words[6] = x.byteOffset;
+    t.words[7] = w.byteOffset;
+    t.words[8] = rstd.byteOffset;
+    t.words[9] = C;
+    this.runElementwise(t.table, chunks, N * C);
+    for (let c = 0; c < chunks; c++) {
+      const off = c * C;
+      for (let i = 0; i < C; i++) dw[i] += part[off + i];
+    }
+  }
+
+  /** Softmax of listed rows with each row's max and sum of exponentials (see ElementwiseKernels). */
+  softmaxRows(
+    probs: Float32Array,
+    logits: Float32Array,
+    rows: Int32Array,
+    V: number,
+    max: Float32Array,
+    sum: Float64Array,
+  ): void {
+    const count = rows.length;
+    let last = -1;
+    for (let i = 0; i < count; i++) last = Math.max(last, rows[i]);
+    this.checkOperand("probs", probs, (last + 1) * V);
+    this.checkOperand("logits", logits, (last + 1) * V);
+    if (count === 0) return;
+    const out = this.alloc(4 * count);
+    try {
+      const t = this.argsFor(count * 2);
+      t.words[0] = OP.SOFTMAX_ROWS;
+      t.words[1] = 1;
+      t.words[2] = count;
+      t.words[3] = logits.byteOffset;
+      t.words[4] = probs.byteOffset;
+      t.words[5] = out.byteOffset;
+      t.words[6] = V;
+      for (let i = 0; i < count; i++) {
+        t.words[16 + 2 * i] = rows[i];
+        t.words[17 + 2 * i] = 0;
+      }
+      this.runElementwise(t.table, count, count * V);
+      const sums = new Float64Array(out.buffer, out.byteOffset, 2 * count);
+      for (let i = 0; i < count; i++) {
+        max[i] = out[4 * i];
+        sum[i] = sums[2 * i + 1];
+      }
+    } finally {
+      this.release(out);
+    }
+  }
+
+  /** Backward of the listed rows' log-softmax (see ElementwiseKernels). */
+  softmaxRowsBackward(
+    dlogits: Float32Array,
+    probs: Float32Array,
+    rows: Int32Array,
+    targets: Int32Array,
+    g: Float32Array,
+    V: number,
+  ): void {
+    const count = rows.length;
+    let last = -1;
+    for (let i = 0; i < count; i++) {
+      last = Math.max(last, rows[i]);
+      if (!(targets[i] >= 0 && targets[i] < V))
+        throw new RangeError(`target ${targets[i]} outside [0, ${V})`);
+    }
+    this.checkOperand("dlogits", dlogits, (last + 1) * V);
+    this.checkOperand("probs", probs, (last + 1) * V);
+    if (count === 0) return;
+    const t = this.argsFor(count * 3);
+    t.words[0] = OP.SOFTMAX_ROWS_BACKWARD;
+    t.words[1] = 1;
+    t.words[2] = count;
+    t.words[3] = dlogits.byteOffset;
+    t.words[4] = probs.byteOffset;
+    t.words[6] = V;
+    for (let i = 0; i < count; i++) {
+      t.words[16 + 3 * i] = rows[i];
+      t.words[17 + 3 * i] = targets[i];
+      t.floats[18 + 3 * i] = g[i];
+    }
+    this.runElementwise(t.table, count, count * V);
+  }
+
+  /** One AdamW update in fixed element chunks, float64 as optim.ts (see ElementwiseKernels). */
+  adamw(
+    params: Float32Array,
+    grads: Float32Array,
+    m: Float32Array,
+    v: Float32Array,
+    mask: Uint8Array | null,
+    scalars: AdamWScalars,
+  ): void {
+    const size = params.length;
+    this.checkOperand("params", params, size);
+    this.checkOperand("grads", grads, size);
+    this.checkOperand("m", m, size);
+    this.checkOperand("v", v, size);
+    if (mask !== null && (!this.buffers.has(mask.buffer) || mask.length < size)) {
+      throw new Error("adamw: mask was not allocated by these kernels or is too short");
+    }
+    if (size === 0) return;
+    const t = this.argsFor(12);
+    t.words[0] = OP.ADAMW;
+    t.words[1] = ADAMW_CHUNK;
+    t.words[2] = size;
+    t.words[3] = params.byteOffset;
+    t.words[4] = grads.byteOffset;
+    t.words[5] = m.byteOffset;
+    t.words[6] = v.byteOffset;
+    t.words[7] = mask === null ? 0 : mask.byteOffset;
+    const f = new Float64Array(t.table.buffer, t.table.byteOffset + ARGS_RECORDS, 6);
+    f[0] = scalars.stepSize;
+    f[1] = scalars.sqrtBc2;
+    f[2] = scalars.decay;
+    f[3] = scalars.beta1;
+    f[4] = scalars.beta2;
+    f[5] = scalars.eps;
+    this.runElementwise(t.table, Math.ceil(size / ADAMW_CHUNK), size);
+  }
+
   /** Blocks until every worker can take jobs; false on timeout (see Kernels.waitForWorkers). */
   waitForWorkers(timeoutMs = 10000): boolean {
     return this.pool === undefined ? true : this.pool.waitUntilReady(timeoutMs);
@@ -346,6 +642,101 @@ export class WasmKernels implements Kernels, ElementwiseKernels {
     }
     const table = this.batchTable;
     return new Uint32Array(table.buffer, table.byteOffset, floats);
+  }
+
+  private moveHeads(
+    op: number,
+    flat: Float32Array,
+    stride: number,
+    col: number,
+    heads: Float32Array,
+    B: number,
+    T: number,
+    H: number,
+    D: number,
+    rope: RopeTables | null,
+    sign: number,
+  ): void {
+    if (col + H * D > stride) throw new RangeError(`heads at column ${col} overrun rows of ${stride}`);
+    if (rope !== null && (rope.half * 2 !== D || rope.cos.length < T * rope.half)) {
+      throw new RangeError(
+        `RoPE tables of ${rope.cos.length / rope.half} positions, ${2 * rope.half} wide, for ${T} x ${D}`,
+      );
+    }
+    const tables = rope === null ? undefined : this.ropeTables(rope);
+    const N = B * T;
+    const per = rowsPerChunk(H * D);
+    const t = this.argsFor(0);
+    t.words[0] = op;
+    t.words[1] = per;
+    t.words[2] = N;
+    t.words[3] = flat.byteOffset;
+    t.words[4] = stride;
+    t.words[5] = col;
+    t.words[6] = heads.byteOffset;
+    t.words[7] = T;
+    t.words[8] = H;
+    t.words[9] = D;
+    t.words[10] = tables === undefined ? 0 : tables.byteOffset;
+    t.words[11] = tables === undefined ? 0 : tables.byteOffset + 4 * rope!.cos.length;
+    t.floats[12] = sign;
+    this.runElementwise(t.table, Math.ceil(N / per), N * H * D);
+  }
+
+  /** cos then sin of `rope` in the shared memory, copied again only when the tables changed. */
+  private ropeTables(rope: RopeTables): Float32Array {
+    const copy = this.ropeCopy;
+    if (copy !== undefined && copy.source === rope.cos && copy.length === rope.cos.length) return copy.tables;
+    if (copy !== undefined) this.release(copy.tables);
+    const tables = this.alloc(2 * rope.cos.length);
+    tables.set(rope.cos);
+    tables.set(rope.sin, rope.cos.length);
+    this.ropeCopy = { source: rope.cos, length: rope.cos.length, tables };
+    return tables;
+  }
+
+  /** An argument table with room for `recordWords` words of records, and its word and float views. */
+  private argsFor(recordWords: number): { table: Float32Array; words: Uint32Array; floats: Float32Array } {
+    const floats = ARGS_RECORDS / 4 + recordWords;
+    if (this.argsTable === undefined || this.argsTable.length < floats) {
+      if (this.argsTable !== undefined) this.release(this.argsTable);
+      this.argsTable = this.alloc(Math.max(floats, 2 * (this.argsTable?.length ?? 0), 64));
+    }
+    const table = this.argsTable;
+    return { table, words: new Uint32Array(table.buffer, table.byteOffset, floats), floats: table };
+  }
+
+  /** Runs `chunks` chunks of the element-wise job in `table`, on the pool when `work` floats merit it. */
+  private runElementwise(table: Float32Array, chunks: number, work: number): void {
+    if (chunks === 0) return;
+    const pool = this.pool;
+    const job: GemmJob = {
+      kind: JOB_KIND.ELEMENTWISE,
+      transA: false,
+      transB: false,
+      M: 0,
+      N: 0,
+      K: 0,
+      alpha: 0,
+      a: table.byteOffset,
+      lda: 0,
+      b: 0,
+      ldb: 0,
+      beta: 0,
+      c: 0,
+      ldc: 0,
+      rowChunk: 0,
+      colChunk: 0,
+      colChunks: 0,
+      chunks,
+    };
+    const parallel =
+      pool !== undefined && chunks > 1 && work >= ELEMENTWISE_PARALLEL_MIN && pool.useHelpers();
+    if (parallel && pool.readyCount() > 0) {
+      pool.run(this.kernels, job, this.workspaces[0], this.mainThreadWorks);
+    } else {
+      for (let i = 0; i < chunks; i++) this.kernels.elementwiseChunk(table.byteOffset, i);
+    }
   }
 
   /** Whether this backend's unpacked small-row path takes the product (BLAS hands those to it). */
@@ -429,6 +820,11 @@ export class WasmKernels implements Kernels, ElementwiseKernels {
       blocks.pop();
     }
   }
+}
+
+/** Rows of C floats per element-wise chunk: a fixed function of C, so chunks never depend on threads. */
+function rowsPerChunk(C: number): number {
+  return Math.max(1, Math.floor(ELEMENTWISE_CHUNK_FLOATS / Math.max(1, C)));
 }
 
 function roundUp(value: number, multiple: number): number {
