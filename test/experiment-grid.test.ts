@@ -36,8 +36,9 @@ test("a grid names its cells after their settings and pairs each sso cell with p
   assert.equal(cell?.steerBeta, 0.3);
   assert.equal(cell?.loss, "dpo");
   // Only steerBeta varies: the cells pair against the experiment's own pbaa, run once.
+  const own = { loss: "ipo", beta: 0.2 } as const;
   assert.deepEqual(
-    experimentUnits({ methods: ["pbaa", "sso"], grid: parseGrid(["steerBeta=0.3"]) }).map((u) => [
+    experimentUnits({ ...own, methods: ["pbaa", "sso"], grid: parseGrid(["steerBeta=0.3"]) }).map((u) => [
       u.label,
       u.baseline,
     ]),
@@ -46,6 +47,24 @@ test("a grid names its cells after their settings and pairs each sso cell with p
       ["sso", "pbaa"],
       ["sso@steerBeta=0.3", "pbaa"],
     ],
+  );
+  // Cells with the experiment's own settings share the plain methods' runs (when those are in it).
+  const both = experimentUnits({
+    ...own,
+    methods: ["sso", "pbaa"],
+    grid: parseGrid(["steerBeta=0.1,1", "loss=ipo,dpo"]),
+  });
+  assert.deepEqual(
+    both.filter((u) => u.dir !== undefined).map((u) => [u.label, u.dir]),
+    [
+      ["pbaa@loss=ipo", "pbaa"],
+      ["sso@steerBeta=0.1,loss=ipo", "sso"],
+    ],
+  );
+  assert.ok(
+    experimentUnits({ ...own, methods: [], grid: parseGrid(["steerBeta=0.1", "loss=ipo"]) }).every(
+      (u) => u.dir === undefined,
+    ),
   );
   assert.throws(() => parseGrid(["loss=ipo", "loss=dpo"]), /--grid: key 'loss' is given twice/);
   assert.throws(() => parseGrid(["steerBeta=0.1,0.10"]), /--grid: steerBeta: a value is repeated/);
@@ -126,7 +145,9 @@ test("an experiment with a grid writes each cell's runs under its own name, with
       baseModel: base,
       name: "grid",
       runDir,
-      methods: [],
+      // pbaa with the experiment's own loss (dpo here): the grid's pbaa@loss=dpo shares its runs.
+      methods: ["pbaa" as const],
+      loss: "dpo" as const,
       seeds: [5, 6],
       grid: parseGrid(["steerBeta=0.1,1", "loss=dpo"]),
       iterations: 1,
@@ -141,8 +162,9 @@ test("an experiment with a grid writes each cell's runs under its own name, with
     };
     await runExperiment(experiment, new PlainKernels(), { command: "test" });
     for (const seed of [5, 6]) {
-      for (const label of ["pbaa@loss=dpo", "sso@steerBeta=0.1,loss=dpo", "sso@steerBeta=1,loss=dpo"])
+      for (const label of ["pbaa", "sso@steerBeta=0.1,loss=dpo", "sso@steerBeta=1,loss=dpo"])
         assert.ok(existsSync(join(runDir, `seed-${seed}`, label, "iter-1", "metrics.json")), label);
+      assert.ok(!existsSync(join(runDir, `seed-${seed}`, "pbaa@loss=dpo")));
       assert.ok(existsSync(join(runDir, `seed-${seed}`, "shared", "iter-1", "records.jsonl")));
       // The cell's settings reached its objective.
       const run = JSON.parse(
@@ -157,6 +179,7 @@ test("an experiment with a grid writes each cell's runs under its own name, with
     }
     const report = JSON.parse(readFileSync(join(runDir, "report.json"), "utf8"));
     assert.deepEqual(Object.keys(report.methods), [
+      "pbaa",
       "pbaa@loss=dpo",
       "sso@steerBeta=0.1,loss=dpo",
       "sso@steerBeta=1,loss=dpo",
@@ -175,6 +198,8 @@ test("an experiment with a grid writes each cell's runs under its own name, with
     );
     assert.ok(Math.abs(gold.diff - (perSeed[0] + perSeed[1]) / 2) < 1e-12);
     assert.equal(report.methods["pbaa@loss=dpo"].paired, undefined);
+    assert.equal(report.methods["pbaa@loss=dpo"].sameRunsAs, "pbaa");
+    assert.deepEqual(report.methods["pbaa@loss=dpo"].perSeed, report.methods.pbaa.perSeed);
     const md = readFileSync(join(runDir, "report.md"), "utf8");
     assert.match(md, /## Steering study/);
     assert.match(md, /\| sso@steerBeta=1,loss=dpo \| 1 \| dpo \| pbaa@loss=dpo \| 2 \| 1 \|/);

@@ -6,6 +6,7 @@
  */
 import { join } from "node:path";
 import type { Kernels } from "../engine/kernels/types.js";
+import { ssoOptionsSchema } from "../sso/objective.js";
 import { type GridAxis, gridUnits, type RunUnit } from "./grid.js";
 import {
   type IterationMetrics,
@@ -28,15 +29,29 @@ export interface ExperimentConfig extends Omit<OnlineConfig, "method" | "seed" |
   grid?: GridAxis[];
 }
 
-/** The runs of an experiment: every method (paired against pbaa), then the grid's cells not already there. */
-export function experimentUnits(config: Pick<ExperimentConfig, "methods" | "grid">): RunUnit[] {
+/**
+ * The runs of an experiment: every method (paired against pbaa), then the grid's cells not already
+ * there. A cell whose settings equal the experiment's own (its loss, beta and G_beta) shares the plain
+ * method's run directory when that method is in the experiment, so it is not trained twice.
+ */
+export function experimentUnits(
+  config: Pick<ExperimentConfig, "methods" | "grid" | "loss" | "beta" | "steerBeta">,
+): RunUnit[] {
   const units: RunUnit[] = config.methods.map((method) => ({
     label: method,
     method,
     baseline: method === PAIRED_BASELINE ? null : PAIRED_BASELINE,
   }));
-  for (const unit of config.grid === undefined ? [] : gridUnits(config.grid))
-    if (!units.some((u) => u.label === unit.label)) units.push(unit);
+  const defaultSteerBeta = config.steerBeta ?? ssoOptionsSchema.parse({}).steerBeta;
+  for (const unit of config.grid === undefined ? [] : gridUnits(config.grid)) {
+    if (units.some((u) => u.label === unit.label)) continue;
+    const same =
+      (unit.loss ?? config.loss) === config.loss &&
+      (unit.beta ?? config.beta) === config.beta &&
+      (unit.method !== "sso" || (unit.steerBeta ?? defaultSteerBeta) === defaultSteerBeta);
+    if (same && config.methods.includes(unit.method)) unit.dir = unit.method;
+    units.push(unit);
+  }
   return units;
 }
 
@@ -100,7 +115,7 @@ export async function runExperiment(
               .slice(0, perMethod[u.label].length)
               .map((seed) =>
                 Array.from({ length: config.iterations }, (_, i) =>
-                  join(seedDirOf(seed), u.label, `iter-${i + 1}`, run),
+                  join(seedDirOf(seed), u.dir ?? u.label, `iter-${i + 1}`, run),
                 ),
               );
           return [
@@ -121,7 +136,7 @@ export async function runExperiment(
         {
           ...online,
           method: unit.method,
-          label: unit.label,
+          label: unit.dir ?? unit.label,
           loss: unit.loss ?? config.loss,
           beta: unit.beta ?? config.beta,
           ...(unit.steerBeta === undefined ? {} : { steerBeta: unit.steerBeta }),

@@ -21,8 +21,13 @@ export interface GridAxis {
 
 /** One run of an experiment: a method with its settings, its directory name and its paired baseline. */
 export interface RunUnit {
-  /** Directory name under the seed's directory, and the key in report.json's `methods`. */
+  /** The key in report.json's `methods`, and by default the directory name under the seed's directory. */
   label: string;
+  /**
+   * The directory of runs this unit shares (a grid cell whose settings are those of a plain method of
+   * the same experiment reads that method's runs instead of repeating them).
+   */
+  dir?: string;
   method: Method;
   loss?: OnlineLoss;
   beta?: number;

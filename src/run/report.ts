@@ -67,6 +67,8 @@ export interface MethodReport {
   pairedAgainst?: string;
   /** A grid cell's method and settings. */
   cell?: { method: string } & Record<string, string | number>;
+  /** A grid cell with the experiment's own settings: the method whose runs it shares. */
+  sameRunsAs?: string;
 }
 
 /** The content of report.json. */
@@ -127,6 +129,7 @@ export function aggregateRuns(
     const unit = options.units?.find((u) => u.label === method);
     const against = unit !== undefined ? unit.baseline : method === PAIRED_BASELINE ? null : PAIRED_BASELINE;
     if (unit?.cell !== undefined) methods[method].cell = { method: unit.method, ...unit.cell };
+    if (unit?.dir !== undefined) methods[method].sameRunsAs = unit.dir;
     if (against === null) continue;
     if (against !== PAIRED_BASELINE) methods[method].pairedAgainst = against;
     const baseline = perMethod[against];
