@@ -24,8 +24,10 @@ import {
   CHATML_TEMPLATE,
   type ChatOptions,
   type ChatTurn,
+  chatMLPieces,
   type EncodedChat,
   encodeChatML,
+  type PromptPiece,
   renderChat,
 } from "./chat.js";
 import type { BpeTokenizer } from "./tokenizer.js";
@@ -270,6 +272,18 @@ export class ChatFormat {
       for (let t = start; t < end; t++) responseMask[t] = 1;
     });
     return { ids, responseMask };
+  }
+
+  /**
+   * The conversation rendered but not tokenized: encodePieces of the result equals encode(...).ids.
+   * With a template that is one text (added tokens not matched inside message contents).
+   */
+  promptPieces(messages: readonly ChatTurn[], options: ChatOptions = {}): PromptPiece[] {
+    if (this.compiled === null) return chatMLPieces(this.tokenizer, messages, options);
+    const kept = dropEmptySystem(messages);
+    const full = this.renderKept(kept, options.addGenerationPrompt === true);
+    const plain = this.contentRanges(kept, options.addGenerationPrompt === true, full);
+    return [{ text: full, options: { plainRanges: plain } }];
   }
 
   private renderKept(messages: readonly ChatTurn[], addGenerationPrompt: boolean): string {

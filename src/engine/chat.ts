@@ -4,7 +4,7 @@
  * entirely (an empty system prompt means "no system prompt", so the same conversation with and
  * without one tokenizes the same). `CHATML_TEMPLATE` says the same in Jinja for HF tools.
  */
-import type { BpeTokenizer } from "./tokenizer.js";
+import type { BpeTokenizer, EncodeOptions } from "./tokenizer.js";
 
 /** One chat message. */
 export interface ChatTurn {
@@ -74,6 +74,62 @@ export function chatStopIds(tokenizer: BpeTokenizer): readonly number[] {
 }
 
 /**
+ * One part of a prompt before tokenizing: text encoded on its own with these options, or ids taken as
+ * they are. A prompt's ids are its pieces' ids in order (encodePieces), so the cheap part of building
+ * a prompt (rendering) and the costly part (BPE over the text) can run in different places.
+ */
+export type PromptPiece = { text: string; options?: EncodeOptions } | { ids: readonly number[] };
+
+/** The ids of `pieces`: each text encoded separately, in order. */
+export function encodePieces(tokenizer: BpeTokenizer, pieces: readonly PromptPiece[]): number[] {
+  const ids: number[] = [];
+  for (const piece of pieces)
+    for (const id of "ids" in piece ? piece.ids : tokenizer.encode(piece.text, piece.options)) ids.push(id);
+  return ids;
+}
+
+/**
+ * A conversation rendered in the tokenizer's chat format but not yet tokenized: encodePieces of the
+ * result equals encodeChat(...).ids (without the response mask, which only training needs).
+ */
+export function chatPromptPieces(
+  tokenizer: BpeTokenizer,
+  messages: readonly ChatTurn[],
+  options: ChatOptions = {},
+): PromptPiece[] {
+  const format = tokenizer.chat;
+  return format === undefined
+    ? chatMLPieces(tokenizer, messages, options)
+    : format.promptPieces(messages, options);
+}
+
+/** The ChatML pieces of a conversation, each with its response-mask value (see encodeChatML). */
+export function chatMLPieces(
+  tokenizer: BpeTokenizer,
+  messages: readonly ChatTurn[],
+  options: ChatOptions = {},
+): (PromptPiece & { mask: 0 | 1 })[] {
+  const imStart = tokenizer.imStartId;
+  const imEnd = tokenizer.imEndId;
+  const plain = { allowSpecial: false };
+  const pieces: (PromptPiece & { mask: 0 | 1 })[] = [];
+  const header = (role: string) => {
+    pieces.push({ ids: [imStart], mask: 0 });
+    pieces.push({ text: `${role}\n`, options: plain, mask: 0 });
+  };
+  for (const m of messages) {
+    if (isOmitted(m)) continue;
+    const learned = m.role === "assistant" ? 1 : 0;
+    header(m.role);
+    pieces.push({ text: m.content, options: plain, mask: learned });
+    pieces.push({ ids: [imEnd], mask: learned });
+    pieces.push({ text: "\n", options: plain, mask: 0 });
+  }
+  if (options.addGenerationPrompt === true) header("assistant");
+  return pieces;
+}
+
+/**
  * Tokenizes a conversation in ChatML with a response mask over assistant contents and their
  * <|im_end|>. Each content is encoded on its own, after its `role\n` header, exactly as the model
  * sees its own sampled reply after a generation prompt; the ids therefore equal encoding
@@ -85,30 +141,13 @@ export function encodeChatML(
   messages: readonly ChatTurn[],
   options: ChatOptions = {},
 ): EncodedChat {
-  const imStart = tokenizer.imStartId;
-  const imEnd = tokenizer.imEndId;
   const ids: number[] = [];
   const responseMask: number[] = [];
-  const push = (part: readonly number[], mask: 0 | 1) => {
-    for (const id of part) {
+  for (const piece of chatMLPieces(tokenizer, messages, options))
+    for (const id of "ids" in piece ? piece.ids : tokenizer.encode(piece.text, piece.options)) {
       ids.push(id);
-      responseMask.push(mask);
+      responseMask.push(piece.mask);
     }
-  };
-  const header = (role: string) => {
-    push([imStart], 0);
-    push(tokenizer.encode(`${role}\n`, { allowSpecial: false }), 0);
-  };
-  const newline = tokenizer.encode("\n", { allowSpecial: false });
-  for (const m of messages) {
-    if (isOmitted(m)) continue;
-    const learned = m.role === "assistant" ? 1 : 0;
-    header(m.role);
-    push(tokenizer.encode(m.content, { allowSpecial: false }), learned);
-    push([imEnd], learned);
-    push(newline, 0);
-  }
-  if (options.addGenerationPrompt === true) header("assistant");
   return { ids, responseMask };
 }
 

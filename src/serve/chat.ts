@@ -5,7 +5,7 @@
  * then [DONE]).
  */
 import type { ServerResponse } from "node:http";
-import { encodeChat } from "../engine/chat.js";
+import { chatPromptPieces } from "../engine/chat.js";
 import { type ChoiceOutput, type ServeContext, type StreamHooks, samplingSettings } from "./context.js";
 import { requestId, sendJson, startEventStream, usageOf, writeEvent } from "./http.js";
 import { checkChatMessages, precheckChatBody } from "./limits.js";
@@ -67,15 +67,20 @@ export async function handleChatCompletions(
           ? m.content
           : m.content.map((part) => part.text).join(""),
   }));
-  const prompt = encodeChat(ctx.tokenizer, turns, { addGenerationPrompt: true }).ids;
+  // Rendering stays here (cheap); BPE over the rendered text runs on a worker thread when it is long.
+  const ids = await ctx.tokenize(
+    chatPromptPieces(ctx.tokenizer, turns, { addGenerationPrompt: true }),
+    signal,
+  );
   const maxParam =
     body.max_completion_tokens !== null && body.max_completion_tokens !== undefined
       ? "max_completion_tokens"
       : "max_tokens";
   // Without a limit a reply may run to the end of the context, as on OpenAI and vLLM.
   const maxTokens =
-    body.max_completion_tokens ?? body.max_tokens ?? Math.max(1, ctx.contextLength - prompt.length);
-  ctx.checkContext(prompt.length, maxTokens, "messages", maxParam);
+    body.max_completion_tokens ?? body.max_tokens ?? Math.max(1, ctx.contextLength - ids.length);
+  ctx.checkContext(ids.length, maxTokens, "messages", maxParam);
+  const prompt = Array.from(ids);
   const spec = {
     prompt,
     maxTokens,

@@ -47,8 +47,17 @@ function promptCount(prompt: CompletionRequest["prompt"]): number {
   return typeof prompt === "string" || typeof prompt[0] === "number" ? 1 : prompt.length;
 }
 
-/** The prompts of a request as ids, checked against the vocabulary. */
-function promptInputs(ctx: ServeContext, prompt: CompletionRequest["prompt"]): PromptInput[] {
+/**
+ * The prompts of a request as ids, checked against the vocabulary and, with `maxTokens` more, the
+ * context. Every check that needs no tokenizing runs first, in prompt order; then the texts are
+ * tokenized (long ones off the event loop, all of the request's at once).
+ */
+async function promptInputs(
+  ctx: ServeContext,
+  prompt: CompletionRequest["prompt"],
+  maxTokens: number,
+  signal: AbortSignal,
+): Promise<PromptInput[]> {
   const nested = Array.isArray(prompt) && Array.isArray(prompt[0]);
   const list: (string | number[])[] =
     typeof prompt === "string"
@@ -56,16 +65,14 @@ function promptInputs(ctx: ServeContext, prompt: CompletionRequest["prompt"]): P
       : typeof prompt[0] === "number"
         ? [prompt as number[]]
         : (prompt as (string | number[])[]);
-  return list.map((p, i) => {
-    const param = typeof prompt === "string" || typeof prompt[0] === "number" ? "prompt" : `prompt[${i}]`;
-    checkPromptSize(ctx, p, param);
-    if (typeof p === "string") {
-      const ids = ctx.tokenizer.encode(p);
-      if (ids.length === 0)
-        throw invalidRequest(`${param}: is empty; a prompt needs at least one token`, param);
-      return { ids, text: p, param };
-    }
-    if (p.length === 0) throw invalidRequest(`${param}: is empty; a prompt needs at least one token`, param);
+  const single = typeof prompt === "string" || typeof prompt[0] === "number";
+  const params = list.map((_, i) => (single ? "prompt" : `prompt[${i}]`));
+  const empty = (param: string) =>
+    invalidRequest(`${param}: is empty; a prompt needs at least one token`, param);
+  list.forEach((p, i) => {
+    checkPromptSize(ctx, p, params[i]);
+    if (p.length === 0) throw empty(params[i]);
+    if (typeof p === "string") return;
     p.forEach((id, t) => {
       if (id >= ctx.vocabSize) {
         const where = nested ? `prompt[${i}][${t}]` : `prompt[${t}]`;
@@ -75,8 +82,18 @@ function promptInputs(ctx: ServeContext, prompt: CompletionRequest["prompt"]): P
         );
       }
     });
-    return { ids: p, text: ctx.tokenizer.decode(p), param };
   });
+  const inputs = await Promise.all(
+    list.map(async (p, i) =>
+      typeof p === "string"
+        ? { ids: await ctx.tokenize([{ text: p }], signal), text: p, param: params[i] }
+        : { ids: p, text: ctx.tokenizer.decode(p), param: params[i] },
+    ),
+  );
+  // A normalizer can leave nothing of a text.
+  for (const input of inputs) if (input.ids.length === 0) throw empty(input.param);
+  for (const input of inputs) ctx.checkContext(input.ids.length, maxTokens, input.param, "max_tokens");
+  return inputs.map((input) => ({ ...input, ids: Array.from(input.ids) }));
 }
 
 /** Character offset of each token within the decoded text of `ids`. */
@@ -144,9 +161,8 @@ export async function handleCompletions(
   if (body.best_of !== null && body.best_of !== undefined && body.best_of !== n)
     throw invalidRequest("best_of: only best_of equal to n is supported by this server", "best_of");
   checkQueueFit(ctx, promptCount(body.prompt), n);
-  const prompts = promptInputs(ctx, body.prompt);
   const maxTokens = body.max_tokens ?? 16;
-  for (const p of prompts) ctx.checkContext(p.ids.length, maxTokens, p.param, "max_tokens");
+  const prompts = await promptInputs(ctx, body.prompt, maxTokens, signal);
   const echo = body.echo === true;
   const topK = body.logprobs ?? null;
   const settings = samplingSettings(body);

@@ -3,7 +3,7 @@
  * scheduler, request checks that name the offending field, and `generate`, which turns one prompt's
  * samples into text (stop strings, held-back stream deltas, token offsets) on top of the scheduler.
  */
-import { chatStopIds } from "../engine/chat.js";
+import { chatStopIds, type PromptPiece } from "../engine/chat.js";
 import type { LlamaConfig } from "../engine/config.js";
 import type { SamplingSettings } from "../engine/sampler.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
@@ -12,6 +12,7 @@ import { ClientGone } from "./http.js";
 import { HttpError, invalidRequest } from "./protocol.js";
 import type { BatchScheduler, FinishReason, SampledToken } from "./scheduler.js";
 import { IncrementalText } from "./text.js";
+import type { TokenizePool } from "./tokenize-pool.js";
 
 /** One prompt's generation as a handler describes it. */
 export interface GenerationSpec {
@@ -94,6 +95,7 @@ export class ServeContext {
     readonly scheduler: BatchScheduler,
     readonly maxBatch: number,
     seed: number,
+    private readonly tokenizePool: TokenizePool,
   ) {
     this.contextLength = config.max_position_embeddings;
     this.vocabSize = config.vocab_size;
@@ -146,6 +148,14 @@ export class ServeContext {
       tooLongPrompt ? promptParam : maxParam,
       "context_length_exceeded",
     );
+  }
+
+  /**
+   * A prompt's ids, tokenized off the event loop when long (see tokenize-pool.ts); turn them into an
+   * array (GenerationSpec.prompt) only once checkContext has passed.
+   */
+  tokenize(pieces: readonly PromptPiece[], signal: AbortSignal): Promise<Int32Array> {
+    return this.tokenizePool.encode(pieces, signal);
   }
 
   /**

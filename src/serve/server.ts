@@ -34,6 +34,7 @@ import {
   SchedulerClosedError,
   type SchedulerStats,
 } from "./scheduler.js";
+import { TokenizePool, type TokenizePoolOptions } from "./tokenize-pool.js";
 
 /** Options of startServer. */
 export interface ServeOptions {
@@ -65,6 +66,8 @@ export interface ServeOptions {
   maxModelLen?: number;
   /** How long close() lets in-flight requests run before ending them with an error (default 10000 ms). */
   drainTimeoutMs?: number;
+  /** Tokenizing long prompts on worker threads: how many, from what length (tests, tuning). */
+  tokenize?: Omit<TokenizePoolOptions, "log">;
 }
 
 /** A running server. */
@@ -236,6 +239,8 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
     // Ids past the tokenizer's vocabulary have no text: they are never sampled.
     sampleVocab: loaded.tokenizer.vocabSize,
   });
+  // Its first thread starts once the server listens; close() terminates its threads.
+  const tokenizePool = new TokenizePool(loaded.tokenizer, { ...options.tokenize, log });
   const ctx = new ServeContext(
     options.modelName ?? basename(resolvePath(loaded.dir)),
     loaded.tokenizer,
@@ -244,6 +249,7 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
     scheduler,
     maxBatch,
     options.seed ?? randomBytes(4).readUInt32LE(0),
+    tokenizePool,
   );
 
   let closing = false;
@@ -327,6 +333,7 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
     });
   } catch (error) {
     disposeKernels();
+    await tokenizePool.close();
     const code = (error as NodeJS.ErrnoException).code;
     if (code === "EADDRINUSE")
       throw new UserError(`--port ${options.port}: address ${host}:${options.port} is in use`);
@@ -334,6 +341,7 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
       throw new UserError(`--host ${host}: cannot listen on this address`);
     throw error;
   }
+  tokenizePool.prestart();
   const port = (server.address() as AddressInfo).port;
   const urlHost = host.includes(":") ? `[${host}]` : host;
 
@@ -368,6 +376,8 @@ export async function startServer(options: ServeOptions): Promise<ServerHandle> 
           await settleWithin(inflight, 1000);
         }
         await scheduler.close();
+        // Ends the tokenizer threads, so nothing of this server outlives close().
+        await tokenizePool.close();
         const listening = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
         // Connections still open are idle keep-alive ones a client holds, or ones we just answered.

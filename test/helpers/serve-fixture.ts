@@ -11,8 +11,16 @@ import { fileURLToPath } from "node:url";
 /** The CLI entry point of this checkout. */
 export const bin = fileURLToPath(new URL("../../../bin/selfsteer", import.meta.url));
 
-/** Writes a tiny random Llama checkpoint into `dir` (a few tens of thousands of parameters). */
-export function makeTinyCheckpoint(dir: string, overrides: Record<string, unknown> = {}, seed = 1): string {
+/**
+ * Writes a tiny random Llama checkpoint into `dir` (a few tens of thousands of parameters), with the
+ * given tokenizer.json or, by default, `model init`'s byte-level one.
+ */
+export function makeTinyCheckpoint(
+  dir: string,
+  overrides: Record<string, unknown> = {},
+  seed = 1,
+  tokenizer?: string,
+): string {
   const configPath = `${dir}.config.json`;
   writeFileSync(
     configPath,
@@ -29,7 +37,11 @@ export function makeTinyCheckpoint(dir: string, overrides: Record<string, unknow
   );
   const run = spawnSync(
     process.execPath,
-    [bin, "model", "init", "--config", configPath, "--seed", String(seed), "--out", dir, "--std", "0.3"],
+    [
+      bin,
+      ...["model", "init", "--config", configPath, "--seed", String(seed), "--out", dir, "--std", "0.3"],
+      ...(tokenizer === undefined ? [] : ["--tokenizer", tokenizer]),
+    ],
     { encoding: "utf8" },
   );
   assert.equal(run.status, 0, `model init failed: ${run.stderr}`);
