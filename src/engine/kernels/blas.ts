@@ -40,6 +40,21 @@ export interface BlasLibrary {
     C: Float32Array,
     ldc: number,
   ): void;
+  /**
+   * cblas_sgemv, row-major: y = alpha * op(A) x + beta * y with A [rows, cols] (op: A^T when trans);
+   * undefined when the library lacks it.
+   */
+  sgemv?(
+    trans: boolean,
+    rows: number,
+    cols: number,
+    alpha: number,
+    A: Float32Array,
+    lda: number,
+    x: Float32Array,
+    beta: number,
+    y: Float32Array,
+  ): void;
   /** Sets the library's thread count (process-wide; skipped when it already has this count). */
   setThreads(threads: number): void;
 }
@@ -120,6 +135,10 @@ export function loadBlas(path: string): BlasLibrary {
     "void cblas_sgemm(int order, int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc)",
   );
   if (cblas === undefined) throw new Error(`${path} has no cblas_sgemm`);
+  const gemv = optionalFunc(
+    lib,
+    "void cblas_sgemv(int order, int trans, int M, int N, float alpha, const float *A, int lda, const float *X, int incX, float beta, float *Y, int incY)",
+  );
   let vendor: BlasVendor = "generic";
   let description = `BLAS (${path})`;
   let setThreadsRaw: ((threads: number) => void) | undefined;
@@ -177,6 +196,36 @@ export function loadBlas(path: string): BlasLibrary {
         ldc,
       );
     },
+    ...(gemv === undefined
+      ? {}
+      : {
+          sgemv(
+            trans: boolean,
+            rows: number,
+            cols: number,
+            alpha: number,
+            A: Float32Array,
+            lda: number,
+            x: Float32Array,
+            beta: number,
+            y: Float32Array,
+          ) {
+            gemv(
+              CBLAS_ROW_MAJOR,
+              trans ? CBLAS_TRANS : CBLAS_NO_TRANS,
+              rows,
+              cols,
+              alpha,
+              A,
+              lda,
+              x,
+              1,
+              beta,
+              y,
+              1,
+            );
+          },
+        }),
     setThreads(threads) {
       if (setThreadsRaw === undefined || threads === current) return;
       setThreadsRaw(threads);
@@ -372,6 +421,16 @@ export class BlasKernels implements Kernels {
     }
     // Another BlasKernels of this process may have set the library's (process-wide) count.
     this.library.setThreads(this.threads);
+    const gemv = this.library.sgemv;
+    if (M === 1 && gemv !== undefined) {
+      // One row (single-stream decoding): sgemm would first copy (pack) the whole of B, reading it
+      // twice; sgemv streams it once. op(A) is then K contiguous floats however A is stored.
+      // beta 0 must overwrite garbage, NaN included, which a library may scale instead of ignore.
+      if (beta === 0) C.fill(0, 0, N);
+      if (transB) gemv.call(this.library, false, N, K, alpha, B, K, A, beta, C);
+      else gemv.call(this.library, true, K, N, alpha, B, N, A, beta, C);
+      return;
+    }
     this.library.sgemm(transA, transB, M, N, K, alpha, A, transA ? M : K, B, transB ? K : N, beta, C, N);
   }
 }
