@@ -1,19 +1,21 @@
 import type { Command } from "commander";
+import { EXPERIMENT_METHODS, EXPERIMENT_SEEDS } from "../run/experiment.js";
 import { parseGrid } from "../run/grid.js";
-import { METHODS } from "../run/online.js";
 import { addOnlineFlags, parseOnlineFlags, runFromFlags } from "./online-flags.js";
 
-/** Registers `selfsteer experiment` (what `npm run experiment` runs): every method, 3 seeds; or a grid. */
+/** Registers `selfsteer experiment` (what `npm run experiment` runs): six methods, 5 seeds; or a grid. */
 export function register(program: Command): void {
   addOnlineFlags(
     program
       .command("experiment")
-      .description("every method for 3 iterations over several seeds (mean and spread)")
+      .description(
+        "the comparison of docs/protocol.md: six methods, 3 iterations, 5 seeds, paired intervals against pbaa",
+      )
       .option(
         "--grid <axis...>",
         "the steering study: key=v1,v2 per axis (steerBeta, loss, beta), e.g. --grid steerBeta=0.1,0.3,1 loss=ipo,dpo; runs sso per cell and pbaa per base loss (plus --methods only when given)",
       ),
-    { methods: METHODS.join(","), seeds: "1,2,3", out: "runs/experiment" },
+    { methods: EXPERIMENT_METHODS.join(","), seeds: EXPERIMENT_SEEDS.join(","), out: "runs/experiment" },
   ).action(async (o: Record<string, string> & { grid?: string[] }, cmd: Command) => {
     const config = parseOnlineFlags(o, "experiment");
     if (o.grid !== undefined) {

@@ -15,9 +15,15 @@ import { checkOutputPath } from "./output.js";
 /** Adds the flags shared by `iterate`, `demo` and `experiment`, with the given defaults. */
 export function addOnlineFlags(
   cmd: Command,
-  defaults: { methods: string; seeds: string; out: string },
+  defaults: {
+    methods: string;
+    seeds: string;
+    out: string;
+    /** Overrides of ONLINE_DEFAULTS for this command (the demo's smaller scale). */
+    scale?: Partial<typeof ONLINE_DEFAULTS>;
+  },
 ): Command {
-  const d = ONLINE_DEFAULTS;
+  const d = { ...ONLINE_DEFAULTS, ...defaults.scale };
   return cmd
     .option("--base <dir>", "base checkpoint (iteration 0)", "assets/world-base")
     .option("--out <dir>", "run directory", defaults.out)

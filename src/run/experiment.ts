@@ -61,15 +61,17 @@ export const ONLINE_DEFAULTS: Omit<ExperimentConfig, "name" | "runDir" | "method
     loss: "ipo",
     beta: 0.2,
     iterations: 3,
-    queriesPerIteration: 96,
-    evalQueries: 140,
+    // Set from the pilot in docs/protocol.md's log: 16 steps of 8 records per iteration at lr 1e-3, and
+    // 400 held-out queries so evaluation noise is small next to the paired differences.
+    queriesPerIteration: 128,
+    evalQueries: 400,
     temperature: 0.7,
     topP: 0.8,
     maxTokens: 96,
     evalMaxTokens: 96,
     batchSize: 8,
     epochs: 1,
-    peakLr: 5e-4,
+    peakLr: 1e-3,
     warmupRatio: 0.1,
     weightDecay: 0.1,
     maxGradNorm: 1,
@@ -78,6 +80,22 @@ export const ONLINE_DEFAULTS: Omit<ExperimentConfig, "name" | "runDir" | "method
     saveEvery: 2,
     genBatch: 48,
   };
+
+/** The methods `npm run experiment` compares (docs/protocol.md); the generator's ablations run on request. */
+export const EXPERIMENT_METHODS: readonly Method[] = [
+  "sso",
+  "pbaa",
+  "no-weight",
+  "no-steer",
+  "offpolicy",
+  "generator",
+];
+
+/** The seeds of the comparison (docs/protocol.md, "The test"). */
+export const EXPERIMENT_SEEDS: readonly number[] = [1, 2, 3, 4, 5];
+
+/** The demo's scale: the same comparison as the experiment, small enough for `npm start`'s 10 minutes. */
+export const DEMO_SCALE: Partial<typeof ONLINE_DEFAULTS> = { queriesPerIteration: 48, evalQueries: 200 };
 
 /**
  * Runs every (seed, method) in turn — resuming whatever is already done — and writes the report after
