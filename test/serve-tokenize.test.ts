@@ -1,7 +1,8 @@
 /**
  * Tokenizing prompts off the event loop (src/serve/tokenize-pool.ts): the worker's ids equal the
  * inline ones on every kind of tokenizer we load; a worker that dies fails only its jobs (a 500 in
- * OpenAI's shape from the server) and is replaced; closing ends the workers, and a server stopped by
+ * OpenAI's shape from the server) and is replaced, one that cannot load hands its jobs back to the
+ * event loop; closing ends the workers, and a server stopped by
  * SIGTERM mid-tokenization exits; and while a near-limit prompt is tokenized the server keeps
  * answering /health in a small fraction of that prompt's tokenizing time (the figure quoted in the
  * README's Reliability section).
@@ -188,6 +189,27 @@ describe("a worker that dies fails only its jobs and is replaced; close ends the
       await assert.rejects(pool.encode([{ text: "HANG" }]), /no answer within 500 ms, terminated/);
       assert.deepEqual(await idsOf(pool, [{ text: "at last" }]), tokenizer.encode("at last"));
       assert.equal(lines.length, 3, lines.join("\n"));
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test("a worker that cannot load: its jobs and all later ones are encoded inline", async () => {
+    const broken = join(work, "broken-worker.mjs");
+    writeFileSync(broken, 'throw new Error("cannot load");\n');
+    const tokenizer = BpeTokenizer.train(corpus, 420);
+    const lines: string[] = [];
+    const pool = new TokenizePool(tokenizer, {
+      inlineBelow: 0,
+      workerUrl: pathToFileURL(broken),
+      log: (line) => lines.push(line),
+    });
+    try {
+      assert.deepEqual(await idsOf(pool, [{ text: TEXTS[3] }]), tokenizer.encode(TEXTS[3]));
+      assert.deepEqual(await idsOf(pool, [{ text: TEXTS[0] }]), tokenizer.encode(TEXTS[0]));
+      assert.equal(pool.workers, 0, "no second worker was started");
+      assert.equal(lines.length, 1, lines.join("\n"));
+      assert.match(lines[0], /could not load \(exit code 1: cannot load\); tokenizing on the event loop/);
     } finally {
       await pool.close();
     }

@@ -8,7 +8,9 @@
  * encodePieces on the same tokenizer.json.
  *
  * A worker that dies (a crash, out of memory) or stops answering (then it is terminated) fails only
- * the jobs it held, with a TokenizerWorkerError (a 500), and a fresh one starts on the next job.
+ * the jobs it held, with a TokenizerWorkerError (a 500), and a fresh one starts on the next job. One
+ * that cannot even load (a missing file: the next would fail alike) turns the pool back to encoding
+ * on the loop, its waiting jobs included, rather than failing every long prompt from then on.
  * close() terminates the workers; an idle worker never keeps the process alive.
  */
 import { availableParallelism } from "node:os";
@@ -41,9 +43,9 @@ export interface TokenizePoolOptions {
 }
 
 /**
- * Below this many characters a prompt is encoded inline: a few milliseconds of BPE at most (about a
- * microsecond per byte on the slowest text we tried), no longer than one decode step, which runs on
- * the same loop, while a worker costs a round trip and a copy of the text each way (and a thread).
+ * Below this many characters a prompt is encoded inline: under 10 ms of BPE (about 2 µs per character
+ * on the slowest text we tried), less than a decode step of a real model, which runs on the same
+ * loop; a worker would add a round trip with a copy each way (about 1.5 ms for 4 KB).
  */
 const DEFAULT_INLINE_BELOW = 4096;
 const DEFAULT_STALL_MS = 30_000;
@@ -57,6 +59,7 @@ export class TokenizerWorkerError extends Error {
 }
 
 interface PendingJob {
+  pieces: readonly PromptPiece[];
   resolve(ids: Int32Array): void;
   reject(error: Error): void;
 }
@@ -93,6 +96,8 @@ export class TokenizePool {
   private tokenizerJson: string | null = null;
   private nextJob = 0;
   private closed = false;
+  /** Set when a worker could not load: everything is encoded inline from then on. */
+  private inlineOnly = false;
 
   /** A pool for `tokenizer`; no thread starts until prestart() or a prompt needs one. */
   constructor(
@@ -112,7 +117,7 @@ export class TokenizePool {
    * few hundred milliseconds of loading modules, competing with the event loop for the CPU).
    */
   prestart(): void {
-    if (!this.closed && this.slots.length === 0) this.startWorker();
+    if (!this.closed && !this.inlineOnly && this.slots.length === 0) this.startWorker();
   }
 
   /** Worker threads running now. */
@@ -129,7 +134,8 @@ export class TokenizePool {
    */
   async encode(pieces: readonly PromptPiece[], signal?: AbortSignal): Promise<Int32Array> {
     if (this.closed) throw new SchedulerClosedError();
-    if (textLength(pieces) < this.inlineBelow) return Int32Array.from(encodePieces(this.tokenizer, pieces));
+    if (this.inlineOnly || textLength(pieces) < this.inlineBelow)
+      return Int32Array.from(encodePieces(this.tokenizer, pieces));
     if (signal?.aborted) throw new ClientGone("client disconnected");
     const slot = this.pickSlot();
     const id = this.nextJob++;
@@ -144,6 +150,7 @@ export class TokenizePool {
         reject(new ClientGone("client disconnected"));
       };
       slot.pending.set(id, {
+        pieces,
         resolve: (ids) => {
           finish();
           resolve(ids);
@@ -254,7 +261,21 @@ export class TokenizePool {
       const at = this.slots.indexOf(slot);
       if (at >= 0) this.slots.splice(at, 1);
       if (this.closed) return;
-      const why = `the tokenizer worker stopped (exit code ${code}${slot.failure === null ? "" : `: ${slot.failure}`}); a new one starts with the next prompt`;
+      const cause = `exit code ${code}${slot.failure === null ? "" : `: ${slot.failure}`}`;
+      if (!slot.ready) {
+        // Its jobs never started, so none of them can be what stopped it.
+        this.inlineOnly = true;
+        this.log(`the tokenizer worker could not load (${cause}); tokenizing on the event loop from now on`);
+        for (const job of [...slot.pending.values()]) {
+          try {
+            job.resolve(Int32Array.from(encodePieces(this.tokenizer, job.pieces)));
+          } catch (error) {
+            job.reject(error instanceof Error ? error : new Error(String(error)));
+          }
+        }
+        return;
+      }
+      const why = `the tokenizer worker stopped (${cause}); a new one starts with the next prompt`;
       this.log(why);
       for (const job of [...slot.pending.values()]) job.reject(new TokenizerWorkerError(why));
     });
