@@ -175,9 +175,16 @@ function pairedAgainst(
 /** Renders report.md: a per-iteration table per method and a final-iteration comparison; lists `plots`. */
 export function reportMarkdown(report: RunReport, plots: readonly string[] = []): string {
   const lines: string[] = [`# ${report.name}`, ""];
+  // A partial experiment (resumed or still running) has finished fewer seeds than it lists.
+  const finished = Math.min(
+    ...Object.values(report.methods).map((m) => m.iterations[m.iterations.length - 1]?.seeds ?? 0),
+  );
   const seedsNote =
     report.seeds.length > 1
-      ? `Mean ± sample std over seeds ${report.seeds.join(", ")}.`
+      ? `Mean ± sample std over seeds ${report.seeds.join(", ")}.` +
+        (finished < report.seeds.length
+          ? ` Partial: some methods have finished only ${finished} of the ${report.seeds.length} seeds (see each row's seed count in report.json).`
+          : "")
       : `Seed ${report.seeds[0]}.`;
   lines.push(seedsNote, "");
   const cell = (row: AggregatedIteration, key: string, digits = 3): string => {
