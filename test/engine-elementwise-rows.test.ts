@@ -182,6 +182,16 @@ test("AdamW on the kernels gives the TypeScript loop's bytes, state included, on
     assert.ok(bytes(fast[i]).equals(bytes(plain[i])), `tensor ${i}`);
     assert.ok(bytes(shared[i]).equals(bytes(plain[i])), `tensor ${i} on workers`);
   }
+  // Resuming: state saved by a TypeScript-loop optimiser, imported into one on the kernels.
+  const params = randn(workers, 13, size);
+  const first = new AdamW(size, { weightDecay: 0.1, decayMask: mask });
+  for (let s = 0; s < 2; s++) first.step(params, randn(workers, 20 + s, size, 0.01 * (s + 1)), 1e-3);
+  const resumed = new AdamW(size, { weightDecay: 0.1, decayMask: mask, kernels: workers });
+  resumed.importState(first.exportState());
+  resumed.step(params, randn(workers, 22, size, 0.03), 1e-3);
+  const state = resumed.exportState();
+  assert.ok(bytes(params).equals(bytes(plain[0])), "params after resuming");
+  assert.ok(bytes(state.m).equals(bytes(plain[1])) && bytes(state.v).equals(bytes(plain[2])), "moments");
 });
 
 /** The same kernels without their element-wise loops: the layers then take the plain TypeScript paths. */

@@ -17,8 +17,9 @@ export interface AdamWOptions {
   decayMask?: Uint8Array;
   /**
    * The kernels that hold the parameters and gradients: where they have element-wise loops, the moments
-   * live in their memory and each step runs there, shared out over their threads (same bytes as the
-   * TypeScript loop). Parameters and gradients passed to step() must then come from their alloc().
+   * move into their memory at the first step and each step runs there, shared out over their threads
+   * (same bytes as the TypeScript loop). Parameters and gradients passed to step() must then come from
+   * their alloc().
    */
   kernels?: Kernels;
 }
@@ -58,11 +59,13 @@ export class AdamW {
   readonly beta2: number;
   readonly eps: number;
   readonly weightDecay: number;
-  private readonly decayMask: Uint8Array | null;
-  private readonly m: Float32Array;
-  private readonly v: Float32Array;
-  /** The kernels' compiled loop when the moments live in their memory (see AdamWOptions.kernels). */
-  private readonly fast: ElementwiseKernels | undefined;
+  private decayMask: Uint8Array | null;
+  private m: Float32Array;
+  private v: Float32Array;
+  /** Kernels whose memory the moments move into at the first step (see AdamWOptions.kernels). */
+  private kernels: Kernels | undefined;
+  /** The kernels' compiled loop once the moments live in their memory. */
+  private fast: ElementwiseKernels | undefined;
   private t = 0;
 
   /** Creates the optimiser for `size` parameters with zeroed moments. */
@@ -82,18 +85,9 @@ export class AdamW {
     if (options.decayMask && options.decayMask.length !== size)
       throw new RangeError(`AdamW: decayMask has ${options.decayMask.length} entries for ${size} parameters`);
     this.decayMask = options.decayMask ?? null;
-    const fast = options.kernels?.elementwise;
-    const moments =
-      fast === undefined ? undefined : kernelMoments(options.kernels as Kernels, size, this.decayMask);
-    if (fast !== undefined && moments !== undefined) {
-      this.fast = fast;
-      this.m = moments.m;
-      this.v = moments.v;
-      this.decayMask = moments.mask;
-    } else {
-      this.m = new Float32Array(size);
-      this.v = new Float32Array(size);
-    }
+    this.kernels = options.kernels?.elementwise === undefined ? undefined : options.kernels;
+    this.m = new Float32Array(size);
+    this.v = new Float32Array(size);
   }
 
   /** Number of updates taken so far. */
@@ -111,6 +105,10 @@ export class AdamW {
       throw new RangeError(
         `AdamW.step: expected ${this.size} params and grads, got ${params.length} and ${grads.length}`,
       );
+    // The first step moves the moments into kernel memory: by then the model's gradients and
+    // activations hold their share of it, so the moments never crowd them out (the WASM heap stops at
+    // 4 GiB); where they do not fit, the TypeScript loop below keeps them on the JS heap.
+    if (this.kernels !== undefined) this.moveMoments(this.kernels);
     this.t += 1;
     const b1 = this.beta1;
     const b2 = this.beta2;
@@ -135,6 +133,18 @@ export class AdamW {
       v[i] = vi;
       params[i] = p - (stepSize * mi) / (Math.sqrt(vi) / sqrtBc2 + eps);
     }
+  }
+
+  private moveMoments(kernels: Kernels): void {
+    this.kernels = undefined;
+    const moments = kernelMoments(kernels, this.size, this.decayMask);
+    if (moments === undefined) return;
+    moments.m.set(this.m);
+    moments.v.set(this.v);
+    this.m = moments.m;
+    this.v = moments.v;
+    this.decayMask = moments.mask;
+    this.fast = kernels.elementwise;
   }
 
   /** A copy of the optimiser state, for checkpoints. */
