@@ -351,7 +351,7 @@ test("iterate: a training stage resumed with other settings is refused naming th
     runOnline(new OnlineSession(onlineBase, kernels), onlineConfig(runDir, { peakLr: 1e-3 })),
     (error: unknown) =>
       error instanceof UserError &&
-      error.message.includes("--lr 0.0005, this command has 0.001") &&
+      error.message.includes(`--lr ${ONLINE_DEFAULTS.peakLr}, this command has 0.001`) &&
       error.message.includes("to redo iteration 1"),
   );
   const rows = await runOnline(new OnlineSession(onlineBase, kernels), onlineConfig(runDir));
