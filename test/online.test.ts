@@ -144,3 +144,72 @@ test("an experiment over two methods writes report.json in the demo's shape, Mar
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+test("a run directory refuses a command with other settings before any work, and names the flag", async () => {
+  const root = mkdtempSync(join(tmpdir(), "selfsteer-settings-"));
+  try {
+    const base = join(root, "base");
+    tinyBase(base);
+    const runDir = join(root, "run");
+    const { iterations: _i, ...rest } = miniConfig(base, runDir);
+    const config = {
+      ...rest,
+      iterations: 1,
+      name: "mini",
+      runDir,
+      methods: ["pbaa" as const],
+      seeds: [5, 6],
+    };
+    await runExperiment(config, new PlainKernels(), { command: "test" });
+    const reportBefore = readFileSync(join(runDir, "report.json"), "utf8");
+    const stored = JSON.parse(readFileSync(join(runDir, "seed-5", "pbaa", "settings.json"), "utf8"));
+    assert.equal(stored.peakLr, rest.peakLr);
+
+    // Another learning rate: refused with the file, the field, both values and the flag; nothing written.
+    await assert.rejects(
+      runExperiment({ ...config, peakLr: rest.peakLr * 2 }, new PlainKernels(), { command: "test" }),
+      (e: Error) =>
+        e.name === "UserError" &&
+        e.message.includes(join(runDir, "seed-5", "pbaa", "settings.json")) &&
+        /field peakLr: this run was made with 0\.0002, the command asks for 0\.0004/.test(e.message) &&
+        e.message.includes("--lr"),
+    );
+    assert.equal(readFileSync(join(runDir, "report.json"), "utf8"), reportBefore);
+
+    // A new seed listed first is not started when a later seed's run disagrees.
+    await assert.rejects(
+      runExperiment({ ...config, seeds: [4, 5], beta: 0.5 }, new PlainKernels(), { command: "test" }),
+      /seed-5.*field beta/,
+    );
+    assert.equal(existsSync(join(runDir, "seed-4")), false);
+
+    // The same command reads everything back; a run from before settings files accepts and gains them.
+    rmSync(join(runDir, "seed-6", "settings.json"));
+    rmSync(join(runDir, "seed-6", "pbaa", "settings.json"));
+    await runExperiment(config, new PlainKernels(), { command: "test" });
+    assert.ok(existsSync(join(runDir, "seed-6", "pbaa", "settings.json")));
+    assert.deepEqual(
+      JSON.parse(readFileSync(join(runDir, "report.json"), "utf8")).methods,
+      JSON.parse(reportBefore).methods,
+    );
+
+    // A base retrained in place (same path, other weights) is told apart by its content.
+    const other = join(root, "other");
+    tinyBase(other);
+    rmSync(base, { recursive: true });
+    const tokenizer = BpeTokenizer.byteLevel();
+    const baseConfig = JSON.parse(readFileSync(join(other, "config.json"), "utf8"));
+    saveCheckpoint(base, {
+      config: LlamaConfigSchema.parse(baseConfig),
+      tensors: initLlamaTensors(LlamaConfigSchema.parse(baseConfig), 4),
+      tokenizerJson: tokenizer.toJSON(),
+      tokenizerConfigJson: tokenizerConfigJson(tokenizer),
+    });
+    await assert.rejects(
+      runExperiment(config, new PlainKernels(), { command: "test" }),
+      /field base: the base checkpoint.*another --out/,
+    );
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});

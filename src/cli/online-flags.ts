@@ -116,7 +116,8 @@ export async function runFromFlags(
 ): Promise<RunReport> {
   const kernels = openKernels(backend);
   const started = Date.now();
-  print(ITERATION_HEADER);
+  // The header waits for the first row, so a refusal before any work is the only line printed.
+  let headed = false;
   let lastStage = "";
   try {
     return await runExperiment(
@@ -124,7 +125,11 @@ export async function runFromFlags(
       kernels,
       { command: commandLine, config, kernels: kernels.name, startedAt: new Date(started).toISOString() },
       (e) => {
-        if (e.type === "iteration") print(iterationLine(e.method, e.seed, e.metrics));
+        if (e.type === "iteration") {
+          if (!headed) print(ITERATION_HEADER);
+          headed = true;
+          print(iterationLine(e.method, e.seed, e.metrics));
+        }
         else if (e.type === "stage") {
           const label = `  [${((Date.now() - started) / 1000).toFixed(0)}s] ${e.method} seed ${e.seed} iteration ${e.iteration}: ${e.stage}`;
           if (label !== lastStage && process.stderr.isTTY) process.stderr.write(`${label}\r`);

@@ -17,6 +17,7 @@ import {
   runOnline,
 } from "./online.js";
 import { aggregateRuns, PAIRED_BASELINE, type RunReport, type StepCurves, writeReport } from "./report.js";
+import { checkRunSettings } from "./run-settings.js";
 import { GENERATOR_STEP_METRICS, STEP_METRICS, stepSeries } from "./step-metrics.js";
 
 /** Settings of an experiment: the online settings minus what varies (method, seed, directory). */
@@ -150,24 +151,24 @@ export async function runExperiment(
           ];
         }),
     );
+  const runConfig = (seed: number, unit: RunUnit): OnlineConfig => ({
+    ...online,
+    method: unit.method,
+    label: unit.dir ?? unit.label,
+    loss: unit.loss ?? config.loss,
+    beta: unit.beta ?? config.beta,
+    ...(unit.steerBeta === undefined ? {} : { steerBeta: unit.steerBeta }),
+    seed,
+    runDir: seedDirOf(seed),
+  });
+  // Every run's recorded settings are checked before the first one starts (src/run/run-settings.ts).
+  for (const seed of config.seeds)
+    for (const unit of units)
+      checkRunSettings(runConfig(seed, unit), session.baseFingerprint, session.backend);
   let report = aggregate();
   for (const seed of config.seeds) {
-    const seedDir = seedDirOf(seed);
     for (const unit of units) {
-      const rows = await runOnline(
-        session,
-        {
-          ...online,
-          method: unit.method,
-          label: unit.dir ?? unit.label,
-          loss: unit.loss ?? config.loss,
-          beta: unit.beta ?? config.beta,
-          ...(unit.steerBeta === undefined ? {} : { steerBeta: unit.steerBeta }),
-          seed,
-          runDir: seedDir,
-        },
-        (e) => onEvent({ ...e, seed }),
-      );
+      const rows = await runOnline(session, runConfig(seed, unit), (e) => onEvent({ ...e, seed }));
       perMethod[unit.label].push(rows);
       report = aggregate();
       writeReport(config.runDir, report, curves());

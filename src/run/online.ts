@@ -40,6 +40,7 @@ import { offPolicyPairs } from "../world/corpus.js";
 import { worldJudge } from "../world/judge.js";
 import { evalQueries, trainQueries, type WorldQuery } from "../world/tasks.js";
 import { GENERATOR_BETA, isGeneratorMethod, runGeneratorStages } from "./generator.js";
+import { checkpointFingerprint, recordRunSettings } from "./run-settings.js";
 import { meanMetrics } from "./step-metrics.js";
 
 /** The methods of the paper's comparisons, in our world (docs/protocol.md, "What is compared"). */
@@ -166,6 +167,9 @@ export function objectiveFor(
 export class OnlineSession {
   readonly model: LlamaModel;
   readonly tokenizer: BpeTokenizer;
+  /** Hash of the base's config and weights, and the kernel backend: what every run's settings name. */
+  readonly baseFingerprint: string;
+  readonly backend: string;
   private readonly baseTensors: ReturnType<typeof loadCheckpoint>["tensors"];
 
   /** Opens the base checkpoint once; every method and iteration reuses the same model buffers. */
@@ -179,6 +183,8 @@ export class OnlineSession {
     this.tokenizer = BpeTokenizer.fromJSON(ckpt.tokenizerJson, join(baseModel, CHECKPOINT_FILES.tokenizer));
     this.model = new LlamaModel(ckpt.config, kernels);
     this.baseTensors = ckpt.tensors;
+    this.baseFingerprint = checkpointFingerprint(baseModel);
+    this.backend = kernels.backend;
     this.model.loadTensors(this.baseTensors.values());
   }
 
@@ -310,6 +316,8 @@ export async function runOnline(
 ): Promise<IterationMetrics[]> {
   const objective = objectiveFor(config.method, config.loss, config.beta, config.steerBeta);
   const label = config.label ?? config.method;
+  // Before anything is read back: a finished stage counts only if it was made with these settings.
+  recordRunSettings(config, session.baseFingerprint, session.backend);
   const held = evalQueries(config.evalQueries);
   const base = await baseEvaluation(session, config, held);
   const rows: IterationMetrics[] = [base.metrics];

@@ -1,0 +1,144 @@
+/**
+ * The settings a run directory was made with, so that resuming never mixes two settings silently.
+ *
+ * runOnline reads finished stages back (records, reference scores, a whole iteration's metrics.json)
+ * instead of recomputing them. That is only right when the command asks for what the directory holds.
+ * Each run therefore records its result-shaping settings once, before its first stage: the seed
+ * directory's in settings.json (what every method of the seed shares: the base, the queries, the
+ * sampling, the evaluation) and each method's in <label>/settings.json (its objective and schedule).
+ * A later command with other values stops before any work with the field, both values and the flag
+ * that restores the old one. Left out on purpose: the run directory and label (where, not what),
+ * `iterations` (a run may be extended) and `saveEvery` (resume points; the result is the same).
+ */
+import { createHash } from "node:crypto";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { ssoOptionsSchema } from "../sso/objective.js";
+import { UserError } from "../util/errors.js";
+import { writeJsonAtomic } from "../util/fsio.js";
+import type { OnlineConfig } from "./online.js";
+
+/** A run's settings, as stored: flat, JSON-comparable values. */
+export type RunSettings = Record<string, string | number | boolean>;
+
+/** The command-line flag that sets each stored field, for the message that says how to resume. */
+const FLAG_OF: Record<string, string> = {
+  backend: "--backend",
+  seed: "--seeds",
+  queriesPerIteration: "--queries",
+  evalQueries: "--eval-queries",
+  maxTokens: "--max-tokens",
+  evalMaxTokens: "--max-tokens",
+  method: "--methods",
+  loss: "--loss",
+  beta: "--beta",
+  steerBeta: "--steer-beta",
+  peakLr: "--lr",
+  batchSize: "--batch-size",
+  epochs: "--epochs",
+  maxLen: "--max-len",
+};
+
+/**
+ * SHA-256 over a checkpoint directory's config.json and weight files, so a retrained base at the same
+ * path is told apart from the one a run started from (the path alone would not).
+ */
+export function checkpointFingerprint(dir: string): string {
+  const hash = createHash("sha256");
+  const files = readdirSync(dir)
+    .filter((f) => f === "config.json" || f.endsWith(".safetensors"))
+    .sort();
+  for (const f of files) {
+    hash.update(`${f}\0`);
+    hash.update(readFileSync(join(dir, f)));
+  }
+  return hash.digest("hex").slice(0, 16);
+}
+
+/** What every method of one seed directory shares: the base evaluation and iteration 1's records. */
+export function sharedSettings(config: OnlineConfig, baseFingerprint: string, backend: string): RunSettings {
+  return {
+    base: baseFingerprint,
+    backend,
+    seed: config.seed,
+    queriesPerIteration: config.queriesPerIteration,
+    evalQueries: config.evalQueries,
+    temperature: config.temperature,
+    topP: config.topP,
+    maxTokens: config.maxTokens,
+    evalMaxTokens: config.evalMaxTokens,
+    genBatch: config.genBatch,
+  };
+}
+
+/** One method's own settings: its objective and training schedule. */
+export function methodSettings(config: OnlineConfig): RunSettings {
+  return {
+    method: config.method,
+    loss: config.loss,
+    beta: config.beta,
+    // Unset means the objective's default; stored resolved, so `--steer-beta 0.1` equals leaving it out.
+    steerBeta: config.steerBeta ?? ssoOptionsSchema.parse({}).steerBeta,
+    batchSize: config.batchSize,
+    epochs: config.epochs,
+    peakLr: config.peakLr,
+    warmupRatio: config.warmupRatio,
+    weightDecay: config.weightDecay,
+    maxGradNorm: config.maxGradNorm,
+    maxLen: config.maxLen,
+    microBatch: config.microBatch,
+  };
+}
+
+/** The two settings files of a run: the seed directory's and the method's. */
+function settingsFiles(config: OnlineConfig, baseFingerprint: string, backend: string) {
+  return [
+    {
+      path: join(config.runDir, "settings.json"),
+      settings: sharedSettings(config, baseFingerprint, backend),
+    },
+    {
+      path: join(config.runDir, config.label ?? config.method, "settings.json"),
+      settings: methodSettings(config),
+    },
+  ];
+}
+
+/**
+ * Throws a UserError if a settings file of this run exists and disagrees with `config`; writes nothing.
+ * Runs without the files (made before they existed) pass: there is nothing to compare.
+ */
+export function checkRunSettings(config: OnlineConfig, baseFingerprint: string, backend: string): void {
+  for (const { path, settings } of settingsFiles(config, baseFingerprint, backend)) {
+    if (!existsSync(path)) continue;
+    let stored: RunSettings;
+    try {
+      stored = JSON.parse(readFileSync(path, "utf8")) as RunSettings;
+    } catch (e) {
+      throw new UserError(
+        `${path}: not valid JSON (${(e as Error).message}); delete it to accept the run as it is`,
+      );
+    }
+    for (const [field, value] of Object.entries(settings)) {
+      if (!(field in stored) || stored[field] === value) continue;
+      if (field === "base")
+        throw new UserError(
+          `${path}: field base: the base checkpoint's config or weights are not the ones this run started ` +
+            `from (hash ${String(stored.base)}, now ${value}); put them back, or give another --out`,
+        );
+      const flag = FLAG_OF[field];
+      throw new UserError(
+        `${path}: field ${field}: this run was made with ${JSON.stringify(stored[field])}, the command asks for ` +
+          `${JSON.stringify(value)}; resume it with the old value${flag === undefined ? "" : ` (${flag})`}, ` +
+          "or give another --out",
+      );
+    }
+  }
+}
+
+/** Checks the run's settings files and writes the missing ones (atomically), before the run's first stage. */
+export function recordRunSettings(config: OnlineConfig, baseFingerprint: string, backend: string): void {
+  checkRunSettings(config, baseFingerprint, backend);
+  for (const { path, settings } of settingsFiles(config, baseFingerprint, backend))
+    if (!existsSync(path)) writeJsonAtomic(path, settings);
+}
