@@ -145,6 +145,11 @@ test("sft trains on the model's template and the saved checkpoint keeps it", () 
   assert.equal(saved.chat_template, TEMPLATE);
   const reloaded = loadModelDir(out, { kernels: new PlainKernels() });
   assert.equal(reloaded.tokenizer.chat?.template, TEMPLATE);
+  // generation_config.json travels too: the trained model stops where the base did.
+  assert.deepEqual(JSON.parse(readFileSync(join(out, "generation_config.json"), "utf8")), {
+    eos_token_id: [eot, endOfText],
+  });
+  assert.deepEqual([...(reloaded.tokenizer.chat?.stopIds ?? [])], [eot, endOfText]);
 });
 
 test("a template that does not parse stops the command naming the file and field", () => {

@@ -403,3 +403,30 @@ test("a generation prompt that opens a reasoning block: earlier replies start wh
     /prompt as a prefix of the conversation/,
   );
 });
+
+test("building a format leaves its source files' eos lists as they were, and keeps generation_config.json", () => {
+  const t = BpeTokenizer.fromJSON(llamaTokenizer.toJSON());
+  const eot = t.specialId("<|eot_id|>");
+  const end = t.specialId("<|end_of_text|>");
+  const begin = t.specialId("<|begin_of_text|>");
+  // config.json's list alone (no generation_config.json), and tokenizer_config.json's eos_token on top.
+  const configEos = [end, begin];
+  const fromConfig = ChatFormat.fromSources(t, {
+    tokenizerConfig: {
+      chat_template: LLAMA3_TEMPLATE,
+      bos_token: "<|begin_of_text|>",
+      eos_token: "<|eot_id|>",
+    },
+    configEosTokenId: configEos,
+  });
+  assert.deepEqual([...fromConfig.stopIds], [end, begin, eot]);
+  assert.deepEqual(configEos, [end, begin], "config.json's eos_token_id is not appended to");
+  assert.equal(fromConfig.generationConfig, undefined);
+  const generation = { eos_token_id: [end], temperature: 0.6 };
+  const fromGeneration = ChatFormat.fromSources(t, {
+    tokenizerConfig: { chat_template: LLAMA3_TEMPLATE, eos_token: "<|eot_id|>" },
+    generationConfig: generation,
+  });
+  assert.deepEqual([...fromGeneration.stopIds], [end, eot]);
+  assert.deepEqual(fromGeneration.generationConfig, { eos_token_id: [end], temperature: 0.6 });
+});

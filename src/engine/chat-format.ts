@@ -74,7 +74,8 @@ function tokenText(value: unknown): string | null {
 /** eos_token_id as int, list of ints, or null; a UserError naming `where` otherwise. */
 function eosIds(value: unknown, where: string): number[] {
   if (value === null || value === undefined) return [];
-  const list = Array.isArray(value) ? value : [value];
+  // A copy: callers append to it, and the parsed file is kept to be saved again.
+  const list = Array.isArray(value) ? [...value] : [value];
   for (const id of list)
     if (typeof id !== "number" || !Number.isInteger(id) || id < 0)
       throw new UserError(
@@ -95,6 +96,8 @@ export class ChatFormat {
   readonly eosTokenId: number | null;
   /** The tokenizer_config.json this format came from, kept so a saved checkpoint keeps its template. */
   readonly tokenizerConfig: Record<string, unknown> | undefined;
+  /** The generation_config.json this format came from, kept so a saved checkpoint keeps its stops. */
+  readonly generationConfig: Record<string, unknown> | undefined;
   private readonly compiled: Template | null;
   private readonly specialValues: Record<string, string>;
 
@@ -106,6 +109,7 @@ export class ChatFormat {
       stopIds: number[];
       eosTokenId?: number | null;
       tokenizerConfig?: Record<string, unknown>;
+      generationConfig?: Record<string, unknown>;
       specialValues: Record<string, string>;
     },
   ) {
@@ -114,6 +118,7 @@ export class ChatFormat {
     this.stopIds = init.stopIds;
     this.eosTokenId = init.eosTokenId ?? null;
     this.tokenizerConfig = init.tokenizerConfig;
+    this.generationConfig = init.generationConfig;
     this.specialValues = init.specialValues;
     this.compiled = null;
     if (init.template !== null) {
@@ -133,6 +138,7 @@ export class ChatFormat {
     tokenizer: BpeTokenizer,
     extraStopIds: readonly number[] = [],
     eosTokenId: number | null = null,
+    generationConfig?: Record<string, unknown>,
   ): ChatFormat {
     const stops: number[] = [];
     for (const token of ["<|im_end|>", "<|endoftext|>"])
@@ -143,6 +149,7 @@ export class ChatFormat {
       templateSource: "built-in ChatML",
       stopIds: stops,
       eosTokenId,
+      ...(generationConfig === undefined ? {} : { generationConfig }),
       specialValues: {},
     });
   }
@@ -199,7 +206,8 @@ export class ChatFormat {
       modelStops.push(id);
       eosTokenId = id;
     }
-    if (template === null) return ChatFormat.chatML(tokenizer, modelStops, eosTokenId);
+    const generationConfig = gen as Record<string, unknown> | undefined;
+    if (template === null) return ChatFormat.chatML(tokenizer, modelStops, eosTokenId, generationConfig);
     const stopIds: number[] = [];
     for (const id of modelStops) if (!stopIds.includes(id)) stopIds.push(id);
     if (stopIds.length === 0)
@@ -212,6 +220,7 @@ export class ChatFormat {
       stopIds,
       eosTokenId,
       ...(config === undefined ? {} : { tokenizerConfig: config }),
+      ...(generationConfig === undefined ? {} : { generationConfig }),
       specialValues,
     });
   }

@@ -125,16 +125,19 @@ export function weightsDigest(model: LlamaModel): string {
   return createHash("sha256").update(new Uint8Array(model.params.slice().buffer)).digest("hex");
 }
 
-/** The config and tokenizer files saved with a model's weights (HF layout). */
+/** The config, tokenizer and generation files saved with a model's weights (HF layout). */
 export function checkpointMeta(
   model: LlamaModel,
   tokenizer: BpeTokenizer,
   options: TokenizerConfigOptions = {},
 ): CheckpointMeta {
+  const generationConfig = tokenizer.chat?.generationConfig;
   return {
     config: model.config,
     tokenizerJson: tokenizer.toJSON(),
     tokenizerConfigJson: tokenizerConfigJson(tokenizer, options),
+    // The model's own end-of-turn ids and sampling defaults travel with what is trained from it.
+    ...(generationConfig === undefined ? {} : { generationConfigJson: generationConfig }),
   };
 }
 
