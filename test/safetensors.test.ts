@@ -1,14 +1,46 @@
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
 import fc from "fast-check";
 import type { NamedTensor } from "../src/engine/params.js";
 import {
   halfToFloat,
   parseSafetensors,
   readSafetensors,
+  readSafetensorsFile,
+  type SafetensorsFile,
   writeSafetensors,
 } from "../src/engine/safetensors.js";
 import { UserError } from "../src/util/errors.js";
+
+const root = mkdtempSync(join(tmpdir(), "selfsteer-st-"));
+after(() => rmSync(root, { recursive: true, force: true }));
+let fileCount = 0;
+
+/** Writes `bytes` to a fresh file and returns its path. */
+function onDisk(bytes: Uint8Array): string {
+  const path = join(root, `f${fileCount++}.safetensors`);
+  writeFileSync(path, bytes);
+  return path;
+}
+
+/** Reads `bytes` from disk with readSafetensorsFile, asserting it equals parseSafetensors bit for bit. */
+function readBoth(bytes: Uint8Array): SafetensorsFile {
+  const path = onDisk(bytes);
+  const fromFile = readSafetensorsFile(path);
+  const inMemory = parseSafetensors(bytes, path);
+  assert.deepEqual(fromFile.metadata, inMemory.metadata);
+  assert.deepEqual([...fromFile.tensors.keys()], [...inMemory.tensors.keys()]);
+  for (const [name, t] of inMemory.tensors) {
+    const f = fromFile.tensors.get(name)!;
+    assert.equal(f.dtype, t.dtype);
+    assert.deepEqual(f.shape, t.shape);
+    assert.deepEqual(new Uint32Array(f.data.buffer), new Uint32Array(t.data.slice().buffer), name);
+  }
+  return fromFile;
+}
 
 /** Builds a safetensors file by hand from a header object and raw data bytes. */
 function rawFile(header: unknown, data: Uint8Array, headerText?: string): Uint8Array {
@@ -38,19 +70,31 @@ function f32le(values: number[]): Uint8Array {
   return out;
 }
 
+/** Both readers refuse `bytes` with the same UserError, naming the file and mentioning each fragment. */
 function expectInvalid(bytes: Uint8Array, ...fragments: string[]): void {
+  let message = "";
   assert.throws(
     () => readSafetensors(bytes, "bad.safetensors"),
     (err: unknown) => {
       assert.ok(err instanceof UserError, `expected UserError, got ${String(err)}`);
       assert.match(err.message, /^bad\.safetensors: /);
       for (const f of fragments) assert.ok(err.message.includes(f), `'${err.message}' should mention '${f}'`);
+      message = err.message;
+      return true;
+    },
+  );
+  const path = onDisk(bytes);
+  assert.throws(
+    () => readSafetensorsFile(path),
+    (err: unknown) => {
+      assert.ok(err instanceof UserError, `expected UserError, got ${String(err)}`);
+      assert.equal(err.message, message.replace(/^bad\.safetensors: /, `${path}: `));
       return true;
     },
   );
 }
 
-test("write then read is bit-exact, header 8-byte aligned, with format metadata", () => {
+test("write then read is bit-exact from memory and from disk, header 8-byte aligned, with format metadata", () => {
   const tensors: NamedTensor[] = [
     { name: "a", shape: [2, 3], data: new Float32Array([1, -2.5, 3e-38, Number.NaN, -0, 1e30]) },
     { name: "b.weight", shape: [1], data: new Float32Array([Math.PI]) },
@@ -61,7 +105,7 @@ test("write then read is bit-exact, header 8-byte aligned, with format metadata"
   const headerLen = new DataView(bytes.buffer).getUint32(0, true);
   assert.equal(headerLen % 8, 0);
   assert.equal(new DataView(bytes.buffer).getUint32(4, true), 0);
-  const file = parseSafetensors(bytes, "t.safetensors");
+  const file = readBoth(bytes);
   assert.deepEqual(file.metadata, { format: "pt", note: "hello" });
   assert.deepEqual([...file.tensors.keys()], ["a", "b.weight", "scalar", "empty"]);
   for (const t of tensors) {
@@ -106,6 +150,7 @@ test("round trip holds for arbitrary tensors (property)", () => {
         shifted.set(bytes, offsetPad);
         const read = readSafetensors(shifted.subarray(offsetPad), "p");
         assert.equal(read.size, tensors.length);
+        readBoth(bytes);
         for (const t of tensors) assert.deepEqual(read.get(t.name)!.data, t.data);
       },
     ),
@@ -113,7 +158,7 @@ test("round trip holds for arbitrary tensors (property)", () => {
   );
 });
 
-test("BF16 and F16 are widened to fp32 exactly", () => {
+test("BF16 and F16 are widened to fp32 exactly, from memory and from disk", () => {
   const bf16 = [0x3f80, 0xc000, 0x4049, 0x0000, 0x8000, 0x7f80, 0xff80, 0x0001];
   const f16 = [0x3c00, 0xc000, 0x7bff, 0x0001, 0x0400, 0x8000, 0x7c00, 0xfc00, 0x7e00, 0x3555];
   const data = new Uint8Array([...u16le(bf16), ...u16le(f16)]);
@@ -124,7 +169,7 @@ test("BF16 and F16 are widened to fp32 exactly", () => {
     },
     data,
   );
-  const read = readSafetensors(bytes, "half");
+  const read = readBoth(bytes).tensors;
   assert.equal(read.get("b")!.dtype, "BF16");
   assert.deepEqual(Array.from(read.get("b")!.data), [1, -2, 3.140625, 0, -0, Infinity, -Infinity, 2 ** -133]);
   const h = Array.from(read.get("h")!.data);
@@ -152,9 +197,18 @@ test("F16 conversion agrees with Math.fround of the decoded value for every bit 
   }
 });
 
-test("malformed files are rejected naming the file and the tensor", () => {
+test("malformed files are rejected naming the file and the tensor, alike from memory and from disk", () => {
   const okData = f32le([1, 2, 3, 4]);
+  expectInvalid(new Uint8Array(0), "0 bytes is too short");
   expectInvalid(new Uint8Array(5), "too short");
+  const whole = writeSafetensors([
+    { name: "a", shape: [2], data: new Float32Array([1, 2]) },
+    { name: "b", shape: [3], data: new Float32Array([3, 4, 5]) },
+  ]);
+  expectInvalid(whole.subarray(0, whole.length - 1), "tensor 'b'", "past the end of the data");
+  expectInvalid(whole.subarray(0, 20), "runs past the end of the file (20 bytes)");
+  const badUtf8 = new Uint8Array([3, 0, 0, 0, 0, 0, 0, 0, 0x7b, 0xff, 0x7d]);
+  expectInvalid(badUtf8, "not valid UTF-8");
   const longHeader = new Uint8Array(16);
   new DataView(longHeader.buffer).setUint32(0, 1000, true);
   expectInvalid(longHeader, "header length 1000");
@@ -210,10 +264,24 @@ test("malformed files are rejected naming the file and the tensor", () => {
   expectInvalid(rawFile({ __metadata__: { format: 1 } }, okData), "__metadata__");
 });
 
+test("the file reader names a missing or unreadable file", () => {
+  const missing = join(root, "missing.safetensors");
+  assert.throws(() => readSafetensorsFile(missing), {
+    name: "UserError",
+    message: `${missing}: cannot read file (ENOENT)`,
+  });
+  const dir = join(root, "a-directory.safetensors");
+  mkdirSync(dir);
+  assert.throws(() => readSafetensorsFile(dir), {
+    name: "UserError",
+    message: `${dir}: cannot read file (EISDIR)`,
+  });
+});
+
 test("header padding spaces and data offsets relative to the data start are honoured", () => {
   const header = JSON.stringify({ w: { dtype: "F32", shape: [2], data_offsets: [4, 12] } });
   const bytes = rawFile(null, f32le([9, 5, 6]), `${header}      `);
-  assert.deepEqual(Array.from(readSafetensors(bytes, "pad").get("w")!.data), [5, 6]);
+  assert.deepEqual(Array.from(readBoth(bytes).tensors.get("w")!.data), [5, 6]);
 });
 
 test("writer refuses inconsistent tensors", () => {

@@ -2,7 +2,8 @@
  * Checkpoint directories in the Hugging Face layout (docs/architecture.md): config.json,
  * model.safetensors, tokenizer.json and tokenizer_config.json, so transformers, llama.cpp converters
  * and vLLM load what we save, and we load small Llama, Qwen2, Mistral and Qwen3 models they publish
- * (F32, BF16 or F16, one file or sharded with model.safetensors.index.json). Training state lives beside them in
+ * (F32, BF16 or F16, one file of any size read tensor by tensor, or sharded with
+ * model.safetensors.index.json). Training state lives beside them in
  * trainer_state.json + optimizer.safetensors, which inference tools ignore.
  */
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
@@ -13,7 +14,7 @@ import { readJsonFile, writeFileAtomic, writeJsonAtomic } from "../util/fsio.js"
 import { architectureName, isScoreArchitecture, type LlamaConfig, LlamaConfigSchema } from "./config.js";
 import type { AdamWState } from "./optim.js";
 import { llamaParamSpecs, type NamedTensor, numel } from "./params.js";
-import { parseSafetensors, writeSafetensors } from "./safetensors.js";
+import { readSafetensorsFile, writeSafetensors } from "./safetensors.js";
 import { checkConfigLimits, checkFiniteTensors } from "./validate.js";
 
 /** File names inside a checkpoint directory. */
@@ -40,8 +41,8 @@ export interface CheckpointContents {
 
 /**
  * Weights above this many bytes are written as shards (model-00001-of-0000N.safetensors plus
- * model.safetensors.index.json, as transformers' save_pretrained does), so no file reaches the 2 GiB
- * that Node reads in one piece.
+ * model.safetensors.index.json, as transformers' save_pretrained does), so the writer never builds
+ * more than one shard's file in memory. Loading takes either layout, a single file of any size included.
  */
 export const MAX_SHARD_BYTES = 1 << 30;
 
@@ -236,7 +237,7 @@ interface RawWeights {
 function readWeights(dir: string): RawWeights {
   const single = join(dir, CHECKPOINT_FILES.weights);
   if (existsSync(single)) {
-    const tensors = parseSafetensors(readBytes(single), single).tensors;
+    const tensors = readSafetensorsFile(single).tensors;
     return { tensors, sourceOf: () => single };
   }
   const indexPath = join(dir, CHECKPOINT_FILES.weightsIndex);
@@ -252,7 +253,7 @@ function readWeights(dir: string): RawWeights {
         `${indexPath}: field weight_map: shard '${shard}' must be a file name in the directory`,
       );
     const path = join(dir, shard);
-    for (const [name, t] of parseSafetensors(readBytes(path), path).tensors) {
+    for (const [name, t] of readSafetensorsFile(path).tensors) {
       if (index.weight_map[name] !== shard)
         throw new UserError(`${path}: tensor ${name} is not mapped to this shard in ${indexPath}`);
       tensors.set(name, t);
@@ -266,14 +267,6 @@ function readWeights(dir: string): RawWeights {
 }
 
 const ShardIndexSchema = z.object({ weight_map: z.record(z.string(), z.string()) });
-
-function readBytes(path: string): Uint8Array {
-  try {
-    return readFileSync(path);
-  } catch (err) {
-    throw new UserError(`${path}: cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
-  }
-}
 
 function readOptionalJson(path: string): unknown {
   if (!existsSync(path)) return undefined;
@@ -353,7 +346,7 @@ export function loadTrainerState(dir: string): TrainerState | null {
   const optPath = join(dir, CHECKPOINT_FILES.optimizer);
   if (!existsSync(optPath))
     throw new UserError(`${jsonPath}: names ${CHECKPOINT_FILES.optimizer}, which is missing`);
-  const file = parseSafetensors(readBytes(optPath), optPath);
+  const file = readSafetensorsFile(optPath);
   const fileStep = file.metadata.step;
   if (fileStep !== String(json.optimizer.step))
     throw new UserError(

@@ -6,8 +6,10 @@
  *
  * We write F32 only (our engine computes in fp32) and read F32, BF16 and F16, widening to fp32, so
  * published half-precision checkpoints load. The reader treats the file as hostile: every number in
- * the header is checked before use, and each error names the file and the tensor.
+ * the header is checked before use, and each error names the file and the tensor. Files on disk are
+ * read tensor by tensor at their offsets, so a file of any size loads (Node reads at most 2 GiB at once).
  */
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import { UserError } from "../util/errors.js";
 import { type NamedTensor, numel } from "./params.js";
 
@@ -111,23 +113,117 @@ interface HeaderEntry {
   end: number;
 }
 
+// A validated header: where the data starts, each tensor's byte range in it (header order), the metadata.
+interface ParsedHeader {
+  dataStart: number;
+  entries: HeaderEntry[];
+  metadata: Record<string, string>;
+}
+
 /** Parses a safetensors file into its tensors (widened to fp32) and its metadata. */
 export function parseSafetensors(bytes: Uint8Array, source: string): SafetensorsFile {
+  const header = parseHeader(bytes.length, (at, length) => bytes.subarray(at, at + length), source);
+  const tensors = new Map<string, SafetensorsEntry>();
+  for (const e of header.entries)
+    tensors.set(e.name, {
+      dtype: e.dtype,
+      shape: e.shape,
+      data: decode(bytes, header.dataStart + e.start, numel(e.shape), e.dtype),
+    });
+  return { tensors, metadata: header.metadata };
+}
+
+/**
+ * Reads a safetensors file from disk tensor by tensor (any size, also past the 2 GiB Node reads in one
+ * piece): the same checks, errors and result as parseSafetensors, holding at most one tensor's raw
+ * bytes beside the decoded tensors (none for F32, read straight into its Float32Array).
+ */
+export function readSafetensorsFile(path: string): SafetensorsFile {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (err) {
+    throw cannotRead(path, err);
+  }
+  try {
+    const size = fstatSync(fd).size;
+    const header = parseHeader(size, (at, length) => readAt(fd, new Uint8Array(length), at, path), path);
+    const tensors = new Map<string, SafetensorsEntry>();
+    for (const e of header.entries)
+      tensors.set(e.name, {
+        dtype: e.dtype,
+        shape: e.shape,
+        data: readTensor(fd, header.dataStart + e.start, numel(e.shape), e.dtype, path),
+      });
+    return { tensors, metadata: header.metadata };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function cannotRead(path: string, err: unknown): UserError {
+  return new UserError(`${path}: cannot read file (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+}
+
+// One read call moves at most this much (Node refuses a read of 2 GiB or more).
+const READ_CHUNK_BYTES = 1 << 30;
+
+// Fills `into` from file position `at`; a file that ends early changed after its size was taken.
+function readAt(fd: number, into: Uint8Array, at: number, path: string): Uint8Array {
+  let done = 0;
+  while (done < into.length) {
+    let n: number;
+    try {
+      n = readSync(fd, into, done, Math.min(READ_CHUNK_BYTES, into.length - done), at + done);
+    } catch (err) {
+      throw cannotRead(path, err);
+    }
+    if (n === 0)
+      throw new UserError(
+        `${path}: file ended at byte ${at + done} while reading it (changed while being read?)`,
+      );
+    done += n;
+  }
+  return into;
+}
+
+function readTensor(fd: number, at: number, n: number, dtype: SafetensorsDtype, path: string): Float32Array {
+  if (dtype !== "F32") return decode(readAt(fd, new Uint8Array(2 * n), at, path), 0, n, dtype);
+  const out = new Float32Array(n);
+  readAt(fd, new Uint8Array(out.buffer), at, path);
+  if (!LITTLE_ENDIAN_HOST) {
+    // In place: each element's four bytes are read before they are overwritten.
+    const view = new DataView(out.buffer);
+    for (let i = 0; i < n; i++) out[i] = view.getFloat32(4 * i, true);
+  }
+  return out;
+}
+
+/**
+ * Validates the header of a file of `fileLength` bytes, reading through `read(at, length)`: every
+ * number is checked against the file's size before use, and each error names `source` and the tensor.
+ */
+function parseHeader(
+  fileLength: number,
+  read: (at: number, length: number) => Uint8Array,
+  source: string,
+): ParsedHeader {
   const fail = (what: string): never => {
     throw new UserError(`${source}: not a valid safetensors file: ${what}`);
   };
-  if (bytes.length < 8) fail(`${bytes.length} bytes is too short for the 8-byte header length`);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (fileLength < 8) fail(`${fileLength} bytes is too short for the 8-byte header length`);
+  const prefix = read(0, 8);
+  const view = new DataView(prefix.buffer, prefix.byteOffset, 8);
   const lenLo = view.getUint32(0, true);
   const lenHi = view.getUint32(4, true);
   const headerLen = lenHi * 2 ** 32 + lenLo;
   if (headerLen > MAX_HEADER_BYTES)
     fail(`header length ${headerLen} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
-  if (headerLen > bytes.length - 8)
-    fail(`header length ${headerLen} runs past the end of the file (${bytes.length} bytes)`);
+  if (headerLen > fileLength - 8)
+    fail(`header length ${headerLen} runs past the end of the file (${fileLength} bytes)`);
   let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLen));
+    text = new TextDecoder("utf-8", { fatal: true }).decode(read(8, headerLen));
   } catch {
     return fail("header is not valid UTF-8");
   }
@@ -141,7 +237,7 @@ export function parseSafetensors(bytes: Uint8Array, source: string): Safetensors
     return fail("header is not a JSON object");
 
   const dataStart = 8 + headerLen;
-  const dataLen = bytes.length - dataStart;
+  const dataLen = fileLength - dataStart;
   const metadata: Record<string, string> = {};
   const entries: HeaderEntry[] = [];
   for (const [name, value] of Object.entries(raw as Record<string, unknown>)) {
@@ -167,17 +263,7 @@ export function parseSafetensors(bytes: Uint8Array, source: string): Safetensors
         `tensor '${cur.name}': data_offsets [${cur.start}, ${cur.end}] overlap tensor '${prev.name}' [${prev.start}, ${prev.end}]`,
       );
   }
-
-  const tensors = new Map<string, SafetensorsEntry>();
-  for (const e of entries) {
-    const n = numel(e.shape);
-    tensors.set(e.name, {
-      dtype: e.dtype,
-      shape: e.shape,
-      data: decode(bytes, dataStart + e.start, n, e.dtype),
-    });
-  }
-  return { tensors, metadata };
+  return { dataStart, entries, metadata };
 }
 
 function parseEntry(

@@ -48,7 +48,7 @@ import type { AdamW } from "../engine/optim.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
 import { crashPoint } from "../util/crash.js";
 import { UserError } from "../util/errors.js";
-import { readJsonFile, writeFileAtomic, writeJsonAtomic } from "../util/fsio.js";
+import { hashFileInto, readJsonFile, writeFileAtomic, writeJsonAtomic } from "../util/fsio.js";
 
 /** File names of a run directory (beside the HF checkpoint files). */
 export const RUN_FILES = { run: "run.json", metrics: "metrics.jsonl" } as const;
@@ -108,7 +108,7 @@ type Commit = z.infer<typeof CommitSchema>;
 
 /** sha256 of a file's bytes, hex. */
 function fileDigest(path: string): string {
-  return createHash("sha256").update(readFileSync(path)).digest("hex");
+  return hashFileInto(createHash("sha256"), path).digest("hex");
 }
 
 /** sha256 over the fingerprint's values in key order: links run.json to every commit record. */

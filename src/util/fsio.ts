@@ -1,5 +1,14 @@
-import { randomBytes } from "node:crypto";
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { type Hash, randomBytes } from "node:crypto";
+import {
+  closeSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { dirname } from "node:path";
 import type { z } from "zod";
 import { crashPoint } from "./crash.js";
@@ -55,4 +64,22 @@ export function readJsonFile<T>(path: string, schema: z.ZodType<T>, maxIssues = 
     throw new UserError(lines.join("\n"));
   }
   return parsed.data;
+}
+
+// Hashing reads this much at a time, so files past the 2 GiB Node reads in one piece hash too.
+const HASH_CHUNK_BYTES = 16 << 20;
+
+/** Feeds a file's bytes into `hash` in chunks (any file size, little memory); returns the hash. */
+export function hashFileInto(hash: Hash, path: string): Hash {
+  const fd = openSync(path, "r");
+  try {
+    const chunk = new Uint8Array(HASH_CHUNK_BYTES);
+    for (;;) {
+      const n = readSync(fd, chunk, 0, chunk.length, null);
+      if (n === 0) return hash;
+      hash.update(chunk.subarray(0, n));
+    }
+  } finally {
+    closeSync(fd);
+  }
 }
