@@ -347,6 +347,18 @@ test("iterate: a training stage resumed with other settings is refused naming th
   } finally {
     setCrashHook(null);
   }
+  // The run's recorded settings refuse it first (src/run/run-settings.ts)...
+  await assert.rejects(
+    runOnline(new OnlineSession(onlineBase, kernels), onlineConfig(runDir, { peakLr: 1e-3 })),
+    (error: unknown) =>
+      error instanceof UserError &&
+      error.message.includes(
+        `field peakLr: this run was made with ${ONLINE_DEFAULTS.peakLr}, the command asks for 0.001`,
+      ) &&
+      error.message.includes("(--lr)"),
+  );
+  // ...and a run from before settings files were written is still refused by the training stage.
+  rmSync(join(runDir, "sso", "settings.json"));
   await assert.rejects(
     runOnline(new OnlineSession(onlineBase, kernels), onlineConfig(runDir, { peakLr: 1e-3 })),
     (error: unknown) =>

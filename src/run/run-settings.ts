@@ -15,7 +15,7 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ssoOptionsSchema } from "../sso/objective.js";
 import { UserError } from "../util/errors.js";
-import { writeJsonAtomic } from "../util/fsio.js";
+import { hashFileInto, writeJsonAtomic } from "../util/fsio.js";
 import type { OnlineConfig } from "./online.js";
 
 /** A run's settings, as stored: flat, JSON-comparable values. */
@@ -50,7 +50,8 @@ export function checkpointFingerprint(dir: string): string {
     .sort();
   for (const f of files) {
     hash.update(`${f}\0`);
-    hash.update(readFileSync(join(dir, f)));
+    // In chunks: a single weights file may be over the 2 GiB Node reads in one piece.
+    hashFileInto(hash, join(dir, f));
   }
   return hash.digest("hex").slice(0, 16);
 }
@@ -90,16 +91,26 @@ export function methodSettings(config: OnlineConfig): RunSettings {
   };
 }
 
-/** The two settings files of a run: the seed directory's and the method's. */
+/**
+ * The two settings files of a run: the seed directory's and the method's, each with the outputs it
+ * vouches for (a file is only written while none of those exist yet; see recordRunSettings).
+ */
 function settingsFiles(config: OnlineConfig, baseFingerprint: string, backend: string) {
+  const methodDir = join(config.runDir, config.label ?? config.method);
   return [
     {
       path: join(config.runDir, "settings.json"),
       settings: sharedSettings(config, baseFingerprint, backend),
+      outputs: [join(config.runDir, "base-eval.json"), join(config.runDir, "shared")],
     },
     {
-      path: join(config.runDir, config.label ?? config.method, "settings.json"),
+      path: join(methodDir, "settings.json"),
       settings: methodSettings(config),
+      outputs: existsSync(methodDir)
+        ? readdirSync(methodDir)
+            .filter((f) => !f.startsWith("settings.json"))
+            .map((f) => join(methodDir, f))
+        : [],
     },
   ];
 }
@@ -136,9 +147,13 @@ export function checkRunSettings(config: OnlineConfig, baseFingerprint: string, 
   }
 }
 
-/** Checks the run's settings files and writes the missing ones (atomically), before the run's first stage. */
+/**
+ * Checks the run's settings files and writes the missing ones (atomically) before the run's first
+ * stage. A run made before these files existed keeps none: its settings are unknown, and writing this
+ * command's would vouch for outputs they may not have made (its training stages still check theirs).
+ */
 export function recordRunSettings(config: OnlineConfig, baseFingerprint: string, backend: string): void {
   checkRunSettings(config, baseFingerprint, backend);
-  for (const { path, settings } of settingsFiles(config, baseFingerprint, backend))
-    if (!existsSync(path)) writeJsonAtomic(path, settings);
+  for (const { path, settings, outputs } of settingsFiles(config, baseFingerprint, backend))
+    if (!existsSync(path) && !outputs.some((o) => existsSync(o))) writeJsonAtomic(path, settings);
 }
