@@ -84,3 +84,32 @@ test("report.json gains methods.<method>.paired against pbaa, seed by seed, only
   assert.equal(single.methods.sso.paired, undefined);
   assert.doesNotMatch(reportMarkdown(single), /Paired differences/);
 });
+
+test("report.json gains ablations: sso minus each of its ablations that ran, seed by seed", () => {
+  const pbaa = [
+    [row(0, 0.2), row(1, 0.3)],
+    [row(0, 0.25), row(1, 0.32)],
+  ];
+  const sso = [
+    [row(0, 0.2), row(1, 0.35)],
+    [row(0, 0.25), row(1, 0.33)],
+  ];
+  const noSteer = [
+    [row(0, 0.2), row(1, 0.31)],
+    [row(0, 0.25), row(1, 0.36)],
+  ];
+  const report = aggregateRuns("t", [1, 2], { sso, pbaa, "no-steer": noSteer }, {});
+  assert.equal(report.ablations?.length, 1, "only the pair whose both methods ran");
+  const [ablation] = report.ablations ?? [];
+  assert.equal(ablation.method, "sso");
+  assert.equal(ablation.against, "no-steer");
+  const gold = ablation.paired.goldScore.find((r) => r.iteration === 1);
+  assert.ok(gold !== undefined && Math.abs(gold.diff - (0.04 - 0.03) / 2) < 1e-12);
+  assert.equal(gold.seeds, 2);
+  assert.match(
+    reportMarkdown(report),
+    /## SSO against its ablations[\s\S]*\| sso - no-steer \| 1 \| 2 \| 0\.005 \[/,
+  );
+  // without any ablation, report.json keeps its old shape
+  assert.equal(aggregateRuns("t", [1, 2], { sso, pbaa }, {}).ablations, undefined);
+});

@@ -71,11 +71,32 @@ export interface MethodReport {
   sameRunsAs?: string;
 }
 
+/**
+ * The pairs of methods that isolate one part of SSO (docs/protocol.md, "What is compared"): the full
+ * method minus the variant without that part, so a positive difference is what the part adds.
+ */
+export const ABLATION_PAIRS: ReadonlyArray<readonly [string, string]> = [
+  ["sso", "no-weight"],
+  ["sso", "no-steer"],
+  ["sso", "generator"],
+  ["generator", "generator-pos"],
+  ["generator", "generator-neg"],
+];
+
+/** One ablation comparison in report.json: `method - against`, per metric and iteration. */
+export interface AblationReport {
+  method: string;
+  against: string;
+  paired: Record<PairedMetric, PairedRow[]>;
+}
+
 /** The content of report.json. */
 export interface RunReport {
   name: string;
   seeds: number[];
   methods: Record<string, MethodReport>;
+  /** SSO against its ablations, for the pairs of ABLATION_PAIRS that both ran on >= 2 seeds. */
+  ablations?: AblationReport[];
   /** The steering study's grid, when the experiment ran one (its cells are rows of `methods`). */
   grid?: GridAxis[];
   /** Where the figures came from (command line, settings). */
@@ -137,7 +158,20 @@ export function aggregateRuns(
     const paired = pairedAgainst(method, runs, baseline);
     if (paired !== undefined) methods[method].paired = paired;
   }
-  return { name, seeds, methods, ...(options.grid === undefined ? {} : { grid: options.grid }), provenance };
+  const ablations: AblationReport[] = [];
+  for (const [method, against] of ABLATION_PAIRS) {
+    if (perMethod[method] === undefined || perMethod[against] === undefined) continue;
+    const paired = pairedAgainst(`${method}-vs-${against}`, perMethod[method], perMethod[against]);
+    if (paired !== undefined) ablations.push({ method, against, paired });
+  }
+  return {
+    name,
+    seeds,
+    methods,
+    ...(ablations.length === 0 ? {} : { ablations }),
+    ...(options.grid === undefined ? {} : { grid: options.grid }),
+    provenance,
+  };
 }
 
 /**
@@ -233,11 +267,7 @@ export function reportMarkdown(report: RunReport, plots: readonly string[] = [])
             method,
             String(row.iteration),
             String(row.seeds),
-            ...PAIRED_METRICS.map((metric) => {
-              const r = paired[metric].find((x) => x.iteration === row.iteration);
-              const d = digitsFor(metric);
-              return r === undefined ? "—" : `${r.diff.toFixed(d)} [${r.lo.toFixed(d)}, ${r.hi.toFixed(d)}]`;
-            }),
+            ...pairedCells(paired, row.iteration, digitsFor),
           ]),
   );
   if (pairedRows.length > 0) {
@@ -251,6 +281,32 @@ export function reportMarkdown(report: RunReport, plots: readonly string[] = [])
       markdownTable(
         ["method", "iter", "seeds", "gold", "LC win", "length", "signal acc", "on-policy gap"],
         pairedRows,
+      ),
+      "",
+    );
+  }
+  if (report.ablations !== undefined) {
+    lines.push("## SSO against its ablations", "");
+    lines.push(
+      "Mean over seeds of (method - ablation) on the same seed, with a percentile-bootstrap 95% interval: what the",
+      "part the ablation removes adds (no-weight: W; no-steer: G; generator: the one-policy form against the",
+      "generator form; generator-pos / -neg: the other steering pair of the generator).",
+      "",
+    );
+    const ablationRows = report.ablations.flatMap(({ method, against, paired }) =>
+      paired.goldScore
+        .filter((row) => row.iteration > 0)
+        .map((row) => [
+          `${method} - ${against}`,
+          String(row.iteration),
+          String(row.seeds),
+          ...pairedCells(paired, row.iteration, digitsFor),
+        ]),
+    );
+    lines.push(
+      markdownTable(
+        ["comparison", "iter", "seeds", "gold", "LC win", "length", "signal acc", "on-policy gap"],
+        ablationRows,
       ),
       "",
     );
@@ -275,6 +331,19 @@ export function reportMarkdown(report: RunReport, plots: readonly string[] = [])
     );
   }
   return lines.join("\n");
+}
+
+/** One iteration's paired differences, one "diff [lo, hi]" cell per metric of PAIRED_METRICS. */
+function pairedCells(
+  paired: Record<PairedMetric, PairedRow[]>,
+  iteration: number,
+  digitsFor: (key: string) => number,
+): string[] {
+  return PAIRED_METRICS.map((metric) => {
+    const r = paired[metric].find((x) => x.iteration === iteration);
+    const d = digitsFor(metric);
+    return r === undefined ? "—" : `${r.diff.toFixed(d)} [${r.lo.toFixed(d)}, ${r.hi.toFixed(d)}]`;
+  });
 }
 
 /**
