@@ -221,9 +221,11 @@ function parseHeader(
     fail(`header length ${headerLen} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
   if (headerLen > fileLength - 8)
     fail(`header length ${headerLen} runs past the end of the file (${fileLength} bytes)`);
+  // Read outside the try: a read error must keep its own message, not become "not valid UTF-8".
+  const headerBytes = read(8, headerLen);
   let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(read(8, headerLen));
+    text = new TextDecoder("utf-8", { fatal: true }).decode(headerBytes);
   } catch {
     return fail("header is not valid UTF-8");
   }
