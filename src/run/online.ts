@@ -40,7 +40,7 @@ import { offPolicyPairs } from "../world/corpus.js";
 import { worldJudge } from "../world/judge.js";
 import { evalQueries, trainQueries, type WorldQuery } from "../world/tasks.js";
 import { GENERATOR_BETA, isGeneratorMethod, runGeneratorStages } from "./generator.js";
-import { checkpointFingerprint, recordRunSettings } from "./run-settings.js";
+import { baseFingerprint, recordRunSettings } from "./run-settings.js";
 import { meanMetrics } from "./step-metrics.js";
 
 /** The methods of the paper's comparisons, in our world (docs/protocol.md, "What is compared"). */
@@ -183,9 +183,9 @@ export class OnlineSession {
     this.tokenizer = BpeTokenizer.fromJSON(ckpt.tokenizerJson, join(baseModel, CHECKPOINT_FILES.tokenizer));
     this.model = new LlamaModel(ckpt.config, kernels);
     this.baseTensors = ckpt.tensors;
-    this.baseFingerprint = checkpointFingerprint(baseModel);
-    this.backend = kernels.backend;
     this.model.loadTensors(this.baseTensors.values());
+    this.baseFingerprint = baseFingerprint(this.model); // after loading: it hashes the weights held
+    this.backend = kernels.backend;
   }
 
   /** Puts the base weights back. */

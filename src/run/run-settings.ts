@@ -13,9 +13,11 @@
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import type { LlamaModel } from "../engine/model.js";
 import { ssoOptionsSchema } from "../sso/objective.js";
+import { weightsDigest } from "../train/run-dir.js";
 import { UserError } from "../util/errors.js";
-import { hashFileInto, writeJsonAtomic } from "../util/fsio.js";
+import { writeJsonAtomic } from "../util/fsio.js";
 import type { OnlineConfig } from "./online.js";
 
 /** A run's settings, as stored: flat, JSON-comparable values. */
@@ -40,20 +42,16 @@ const FLAG_OF: Record<string, string> = {
 };
 
 /**
- * SHA-256 over a checkpoint directory's config.json and weight files, so a retrained base at the same
- * path is told apart from the one a run started from (the path alone would not).
+ * The base's identity: its config and the run directories' own weights digest (weightsDigest) of the
+ * weights just loaded, so a retrained base at the same path is told apart (the path alone would not)
+ * without reading its files a second time.
  */
-export function checkpointFingerprint(dir: string): string {
-  const hash = createHash("sha256");
-  const files = readdirSync(dir)
-    .filter((f) => f === "config.json" || f.endsWith(".safetensors"))
-    .sort();
-  for (const f of files) {
-    hash.update(`${f}\0`);
-    // In chunks: a single weights file may be over the 2 GiB Node reads in one piece.
-    hashFileInto(hash, join(dir, f));
-  }
-  return hash.digest("hex").slice(0, 16);
+export function baseFingerprint(model: LlamaModel): string {
+  return createHash("sha256")
+    .update(JSON.stringify(model.config))
+    .update(weightsDigest(model))
+    .digest("hex")
+    .slice(0, 16);
 }
 
 /** What every method of one seed directory shares: the base evaluation and iteration 1's records. */
