@@ -127,6 +127,41 @@ test("train killed just before a checkpoint's trainer state reruns to the same f
   assert.equal(restarted.alreadyComplete, false);
 });
 
+test("train warns, before training, naming the records whose principle system prompt --max-len cuts", () => {
+  const data = join(work, "long-system.jsonl");
+  const record = (p_system: string) =>
+    JSON.stringify({
+      instruction: "add 1 and 2",
+      p_system,
+      n_system: "Be careless.",
+      chosen: "3",
+      rejected: "4",
+      raw: "5",
+    });
+  // Record 2's p+ turn (about 75 tokens) does not fit in half of 64 tokens; record 1's does.
+  writeFileSync(data, `${[record("Be accurate."), record("Be accurate. ".repeat(5))].join("\n")}\n`);
+  const args = ["train", "--model", base, "--data", data, "--out", join(work, "long-system")];
+  const r = run([...args, "--sso", "--batch-size", "2", "--max-len", "64", "--backend", "plain"]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(
+    r.stderr,
+    /selfsteer: 1 record\(s\) too long to keep their principle system prompt whole at --max-len 64 \(2 sequence\(s\)[^\n]*: record 2\n/,
+  );
+  const roomy = run([
+    ...args,
+    "--sso",
+    "--batch-size",
+    "2",
+    "--max-len",
+    "128",
+    "--restart",
+    "--backend",
+    "plain",
+  ]);
+  assert.equal(roomy.status, 0, roomy.stderr);
+  assert.doesNotMatch(roomy.stderr, /principle system prompt/);
+});
+
 test("rm train killed while writing its final files reruns to the same files", () => {
   const data = join(work, "pairs.jsonl");
   const line = (i: number) =>

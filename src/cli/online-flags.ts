@@ -129,6 +129,8 @@ export async function runFromFlags(
           if (!headed) print(ITERATION_HEADER);
           headed = true;
           print(iterationLine(e.method, e.seed, e.metrics));
+        } else if (e.type === "warning") {
+          print(`  ${e.method} seed ${e.seed} iteration ${e.iteration}: ${e.text}`);
         } else if (e.type === "stage") {
           const label = `  [${((Date.now() - started) / 1000).toFixed(0)}s] ${e.method} seed ${e.seed} iteration ${e.iteration}: ${e.stage}`;
           if (label !== lastStage && process.stderr.isTTY) process.stderr.write(`${label}\r`);

@@ -87,6 +87,7 @@ export function register(program: Command): void {
               ["dpo", "ipo", "hinge"].includes(objective.loss)
                 ? scoreRecords(model, tokenizer, records, requiredKeys(objective), options)
                 : null,
+            onWarning: (line) => process.stderr.write(`selfsteer: ${line}\n`),
           },
           {
             onStart: ({ startStep, totalSteps }) => {

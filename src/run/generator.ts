@@ -169,7 +169,8 @@ export interface GeneratorStageResult {
  * The generator stages of iteration k, entered with the policy's iteration k-1 weights in the session
  * and leaving the generator's weights there (the caller reloads k-1 before training the policy):
  * freeze the reference of the generator on the records' steering pairs, train the generator into
- * `<dir>/generator`, then sample the pairs into `<dir>/generated.jsonl`.
+ * `<dir>/generator`, then sample the pairs into `<dir>/generated.jsonl`. `warn` hears of records
+ * whose sequences lose part of their system prompt to --max-len.
  */
 export async function runGeneratorStages(
   session: OnlineSession,
@@ -178,6 +179,7 @@ export async function runGeneratorStages(
   dir: string,
   records: readonly SsoRecord[],
   progress: GeneratorProgress,
+  warn?: (line: string) => void,
 ): Promise<GeneratorStageResult> {
   const objective = generatorObjective(config.method);
   const seqOptions = { maxLen: config.maxLen, microBatch: config.microBatch };
@@ -217,6 +219,7 @@ export async function runGeneratorStages(
       weightDecay: config.weightDecay,
       saveEvery: config.saveEvery,
       reference: frozenReference,
+      ...(warn === undefined ? {} : { onWarning: warn }),
     },
     {
       onStart: () => progress("generator-train"),

@@ -132,7 +132,9 @@ export interface IterationMetrics extends EvalResult {
 export type OnlineEvent =
   | { type: "stage"; method: string; iteration: number; stage: string }
   | { type: "progress"; method: string; iteration: number; stage: string; done: number; total: number }
-  | { type: "iteration"; method: string; metrics: IterationMetrics };
+  | { type: "iteration"; method: string; metrics: IterationMetrics }
+  /** Something the run goes on with but a user should know (a system prompt cut by --max-len). */
+  | { type: "warning"; method: string; iteration: number; text: string };
 
 /**
  * The policy's objective under each method (docs/algorithm.md, "Ablations" and "The generator form").
@@ -373,6 +375,7 @@ export async function runOnline(
               ? { type: "stage", method: label, iteration: k, stage: name }
               : { type: "progress", method: label, iteration: k, stage: name, done, total },
           ),
+        (text) => onEvent({ type: "warning", method: label, iteration: k, text: `generator: ${text}` }),
       );
       if (stage.pairs.records.length === 0)
         throw new UserError(
@@ -434,6 +437,7 @@ export async function runOnline(
         weightDecay: config.weightDecay,
         saveEvery: config.saveEvery,
         reference: () => reference,
+        onWarning: (text) => onEvent({ type: "warning", method: label, iteration: k, text }),
       },
       {
         onStep: (info) =>

@@ -264,6 +264,57 @@ function encodeSeq(
   return encodeResponse(tokenizer, prompt, response, options.maxLen);
 }
 
+/** A sequence of a record that lost part of its system prompt to the length limit. */
+export interface SystemCut {
+  /** Index of the record in the list given. */
+  record: number;
+  key: SeqKey;
+}
+
+/**
+ * The sequences of `records` (those of `keys` that have a system prompt) too long to keep their
+ * system prompt whole at `maxLen` (docs/algorithm.md, "Length limits and truncation"): their steering
+ * pair trains partly as a plain one.
+ */
+export function systemPromptCuts(
+  tokenizer: BpeTokenizer,
+  records: readonly PreferenceRecord[],
+  keys: readonly SeqKey[],
+  maxLen: number,
+): SystemCut[] {
+  const cuts: SystemCut[] = [];
+  records.forEach((record, i) => {
+    for (const key of keys) {
+      const { prompt, response } = sequenceFor(record, key);
+      if (!prompt.some((m) => m.role === "system" && m.content !== "")) continue;
+      if (encodeResponse(tokenizer, prompt, response, maxLen).systemCut) cuts.push({ record: i, key });
+    }
+  });
+  return cuts;
+}
+
+/**
+ * One warning line for system-prompt cuts, naming the records by id (or 1-based position), the first
+ * few of them.
+ */
+export function describeSystemCuts(
+  records: readonly PreferenceRecord[],
+  cuts: readonly SystemCut[],
+  maxLen: number,
+): string {
+  const names = [...new Set(cuts.map((c) => recordName(records, c.record)))];
+  const shown = names.slice(0, 5).join(", ") + (names.length > 5 ? `, and ${names.length - 5} more` : "");
+  return (
+    `${names.length} record(s) too long to keep their principle system prompt whole at --max-len ${maxLen} ` +
+    `(${cuts.length} sequence(s); their oldest system tokens are cut): ${shown}`
+  );
+}
+
+function recordName(records: readonly PreferenceRecord[], index: number): string {
+  const id = (records[index] as { id?: unknown }).id;
+  return typeof id === "string" ? id : `record ${index + 1}`;
+}
+
 function pick(values: SeqValues, keys: readonly SeqKey[]): SeqValues {
   const out: SeqValues = {};
   for (const k of keys) out[k] = values[k];
@@ -290,6 +341,11 @@ export interface PreferenceRunInput {
    * before any update, and not at all for a finished run.
    */
   reference: () => readonly RecordScores[] | null;
+  /**
+   * Told, before training starts, of records whose sequences lose part of their system prompt to
+   * --max-len (one line, see describeSystemCuts); not called when there are none.
+   */
+  onWarning?: (line: string) => void;
 }
 
 /**
@@ -307,7 +363,12 @@ export function runPreferenceTraining(input: PreferenceRunInput, hooks: RunHooks
     restart: input.restart === true,
     restartHint: input.restartHint,
   });
-  const reference = run.finished() === null ? input.reference() : null;
+  const finished = run.finished() !== null;
+  if (!finished && input.onWarning !== undefined) {
+    const cuts = systemPromptCuts(tokenizer, records, requiredKeys(options.objective), options.maxLen);
+    if (cuts.length > 0) input.onWarning(describeSystemCuts(records, cuts, options.maxLen));
+  }
+  const reference = finished ? null : input.reference();
   return trainRun({
     run,
     model,
