@@ -16,6 +16,7 @@ import {
 import { ChatFormat, loadChatFormat } from "../src/engine/chat-format.js";
 import { BpeTokenizer } from "../src/engine/tokenizer.js";
 import { UserError } from "../src/util/errors.js";
+import { QWEN2_TEMPLATE } from "./helpers/templates.js";
 
 const fixtures = fileURLToPath(new URL("../../test/fixtures/tokenizer/", import.meta.url));
 const corpus = readFileSync(`${fixtures}corpus.txt`, "utf8").split("\n");
@@ -28,12 +29,6 @@ const LLAMA3_TEMPLATE =
   "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + (message['content'] | trim) + '<|eot_id|>' }}" +
   "{% endfor %}" +
   "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
-const QWEN2_TEMPLATE =
-  "{% for message in messages %}" +
-  "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}" +
-  "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}" +
-  "{% endfor %}" +
-  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 // Plain ChatML, without our omission of empty system turns, so it goes through the Jinja path.
 const CHATML_PLAIN =
   "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}" +

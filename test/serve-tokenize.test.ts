@@ -23,6 +23,7 @@ import { type ServerHandle, startServer } from "../src/serve/server.js";
 import { TokenizePool, TokenizerWorkerError } from "../src/serve/tokenize-pool.js";
 import { Rng } from "../src/util/rng.js";
 import { bin, type ErrorBody, makeTinyCheckpoint } from "./helpers/serve-fixture.js";
+import { QWEN2_TEMPLATE } from "./helpers/templates.js";
 
 const fixtures = fileURLToPath(new URL("../../test/fixtures/tokenizer/", import.meta.url));
 const worldTokenizer = fileURLToPath(new URL("../../assets/world-base/tokenizer.json", import.meta.url));
@@ -64,13 +65,6 @@ const CONVERSATIONS: ChatTurn[][] = [
     { role: "user", content: TEXTS[4] + TEXTS[1] },
   ],
 ];
-
-const QWEN2_TEMPLATE =
-  "{% for message in messages %}" +
-  "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}" +
-  "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}" +
-  "{% endfor %}" +
-  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 function withTemplate(tokenizer: BpeTokenizer): BpeTokenizer {
   tokenizer.chat = ChatFormat.fromSources(tokenizer, {

@@ -22,6 +22,7 @@ import {
 import { encodeConversation, encodeResponse, packBatch } from "../src/train/sequences.js";
 import { trainSft } from "../src/train/sft.js";
 import { Rng } from "../src/util/rng.js";
+import { QWEN2_TEMPLATE } from "./helpers/templates.js";
 
 const tokenizer = BpeTokenizer.byteLevel();
 
@@ -100,12 +101,6 @@ const mergedTokenizer = BpeTokenizer.train(
   ).split("\n"),
   420,
 );
-const QWEN2_TEMPLATE =
-  "{% for message in messages %}" +
-  "{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}" +
-  "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}" +
-  "{% endfor %}" +
-  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 const FOLDED_SYSTEM_TEMPLATE =
   "{% if messages[0]['role'] == 'system' %}{% set sys = messages[0]['content'] %}{% set turns = messages[1:] %}" +
   "{% else %}{% set sys = '' %}{% set turns = messages %}{% endif %}" +
