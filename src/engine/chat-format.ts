@@ -389,7 +389,7 @@ function commonTextPrefix(a: string, b: string): number {
 }
 
 /** How many leading ids two sequences share. */
-function commonPrefix(a: readonly number[], b: readonly number[]): number {
+export function commonPrefix(a: readonly number[], b: readonly number[]): number {
   let n = 0;
   while (n < a.length && n < b.length && a[n] === b[n]) n++;
   return n;

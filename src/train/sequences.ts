@@ -1,4 +1,5 @@
 import { encodeChat } from "../engine/chat.js";
+import { commonPrefix } from "../engine/chat-format.js";
 import type { TokenBatch } from "../engine/model.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
 
@@ -140,13 +141,6 @@ function encodeProbe(tokenizer: BpeTokenizer, messages: readonly Message[]): num
     // turn); the other probe, or the flagged fallback, covers it.
     return null;
   }
-}
-
-/** How many leading ids two sequences share. */
-function commonPrefix(a: readonly number[], b: readonly number[]): number {
-  let n = 0;
-  while (n < a.length && n < b.length && a[n] === b[n]) n++;
-  return n;
 }
 
 /** How many trailing ids two sequences share. */
