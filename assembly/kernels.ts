@@ -929,6 +929,7 @@ const OP_LOGPROBS: i32 = 6;
 const OP_LOGPROBS_BACKWARD: i32 = 7;
 const OP_SPLIT_HEADS: i32 = 8;
 const OP_MERGE_HEADS: i32 = 9;
+const OP_CACHED_ATTENTION: i32 = 10;
 const RECORDS: usize = 64;
 
 function word(table: usize, i: i32): i32 {
@@ -1303,6 +1304,106 @@ function moveHeads(
   }
 }
 
+/** Four keys' dot products with one query of D floats (D a multiple of 4): four independent chains. */
+function dot4Keys(q: usize, k0: usize, rowBytes: usize, D: i32): v128 {
+  let a0 = f32x4.splat(0);
+  let a1 = f32x4.splat(0);
+  let a2 = f32x4.splat(0);
+  let a3 = f32x4.splat(0);
+  for (let c = 0; c < D; c += 4) {
+    const o = <usize>c << 2;
+    const qv = v128.load(q + o);
+    a0 = f32x4.add(a0, f32x4.mul(qv, v128.load(k0 + o)));
+    a1 = f32x4.add(a1, f32x4.mul(qv, v128.load(k0 + rowBytes + o)));
+    a2 = f32x4.add(a2, f32x4.mul(qv, v128.load(k0 + 2 * rowBytes + o)));
+    a3 = f32x4.add(a3, f32x4.mul(qv, v128.load(k0 + 3 * rowBytes + o)));
+  }
+  return f32x4.replace_lane(
+    f32x4.replace_lane(f32x4.replace_lane(f32x4.splat(hsum(a0)), 1, hsum(a1)), 2, hsum(a2)),
+    3,
+    hsum(a3),
+  );
+}
+
+/**
+ * One decoding row's attention for one kv head against its cached keys and values [len, D] (rows from
+ * position 0): each of its rep query heads q [rep, D] gets scores scale * q k_j for the visible keys
+ * j in [from, len) in s [rep, len], their softmax, and out [rep, D] = sum_j p_j v_j. A row and head's
+ * result depends only on its own q, keys and values, never on which other rows share the call.
+ */
+function cachedAttentionItem(
+  q: usize,
+  out: usize,
+  keys: usize,
+  values: usize,
+  s: usize,
+  from: i32,
+  len: i32,
+  rep: i32,
+  D: i32,
+  scale: f32,
+): void {
+  const rowBytes = <usize>D << 2;
+  const sv = f32x4.splat(scale);
+  for (let r = 0; r < rep; r++) {
+    const qr = q + <usize>r * rowBytes;
+    const sr = s + (<usize>r * <usize>len << 2);
+    let j = from;
+    if ((D & 3) == 0) {
+      for (; j + 4 <= len; j += 4)
+        v128.store(sr + (<usize>j << 2), f32x4.mul(dot4Keys(qr, keys + <usize>j * rowBytes, rowBytes, D), sv));
+    }
+    for (; j < len; j++) store<f32>(sr + (<usize>j << 2), dot1(qr, keys + <usize>j * rowBytes, D) * scale);
+    softmaxSpan(sr, from, len);
+    // out = sum_j p_j v_j, 32 output floats at a time in eight accumulators over every visible value
+    // row (two cache lines of each row per pass), then 4-float groups and a scalar tail
+    const o = out + <usize>r * rowBytes;
+    let c = 0;
+    for (; c + 32 <= D; c += 32) {
+      let a0 = f32x4.splat(0);
+      let a1 = f32x4.splat(0);
+      let a2 = f32x4.splat(0);
+      let a3 = f32x4.splat(0);
+      let a4 = f32x4.splat(0);
+      let a5 = f32x4.splat(0);
+      let a6 = f32x4.splat(0);
+      let a7 = f32x4.splat(0);
+      let v = values + <usize>from * rowBytes + (<usize>c << 2);
+      for (let t = from; t < len; t++, v += rowBytes) {
+        const p = v128.load32_splat(sr + (<usize>t << 2));
+        a0 = f32x4.add(a0, f32x4.mul(p, v128.load(v)));
+        a1 = f32x4.add(a1, f32x4.mul(p, v128.load(v, 16)));
+        a2 = f32x4.add(a2, f32x4.mul(p, v128.load(v, 32)));
+        a3 = f32x4.add(a3, f32x4.mul(p, v128.load(v, 48)));
+        a4 = f32x4.add(a4, f32x4.mul(p, v128.load(v, 64)));
+        a5 = f32x4.add(a5, f32x4.mul(p, v128.load(v, 80)));
+        a6 = f32x4.add(a6, f32x4.mul(p, v128.load(v, 96)));
+        a7 = f32x4.add(a7, f32x4.mul(p, v128.load(v, 112)));
+      }
+      const oc = o + (<usize>c << 2);
+      v128.store(oc, a0);
+      v128.store(oc, a1, 16);
+      v128.store(oc, a2, 32);
+      v128.store(oc, a3, 48);
+      v128.store(oc, a4, 64);
+      v128.store(oc, a5, 80);
+      v128.store(oc, a6, 96);
+      v128.store(oc, a7, 112);
+    }
+    for (; c + 4 <= D; c += 4) {
+      let a = f32x4.splat(0);
+      for (let t = from; t < len; t++)
+        a = f32x4.add(a, f32x4.mul(v128.load32_splat(sr + (<usize>t << 2)), v128.load(values + <usize>t * rowBytes + (<usize>c << 2))));
+      v128.store(o + (<usize>c << 2), a);
+    }
+    for (; c < D; c++) {
+      let a: f32 = 0;
+      for (let t = from; t < len; t++) a += load<f32>(sr + (<usize>t << 2)) * load<f32>(values + <usize>t * rowBytes + (<usize>c << 2));
+      store<f32>(o + (<usize>c << 2), a);
+    }
+  }
+}
+
 /** Runs chunk `index` of the element-wise job described by the argument table at `table`. */
 export function elementwiseChunk(table: usize, index: i32): void {
   const op = word(table, 0);
@@ -1314,6 +1415,14 @@ export function elementwiseChunk(table: usize, index: i32): void {
   if (op == OP_SOFTMAX_BACKWARD) {
     const rec = table + RECORDS + <usize>index * 12;
     softmaxBackwardBlock(<usize>load<u32>(rec), <usize>load<u32>(rec, 4), load<i32>(rec, 8));
+    return;
+  }
+  if (op == OP_CACHED_ATTENTION) {
+    const rec = table + RECORDS + <usize>index * 28;
+    cachedAttentionItem(
+      <usize>load<u32>(rec), <usize>load<u32>(rec, 4), <usize>load<u32>(rec, 8), <usize>load<u32>(rec, 12),
+      <usize>load<u32>(rec, 16), load<i32>(rec, 20), load<i32>(rec, 24), word(table, 3), word(table, 4), real(table, 5),
+    );
     return;
   }
   const per = word(table, 1);

@@ -163,6 +163,7 @@ const ELEMENTWISE_METHODS = Object.keys({
   rmsnormBackward: 0,
   softmaxRows: 0,
   softmaxRowsBackward: 0,
+  cachedAttention: 0,
   adamw: 0,
 } satisfies Record<keyof ElementwiseKernels, 0>) as (keyof ElementwiseKernels)[];
 

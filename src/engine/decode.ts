@@ -9,6 +9,7 @@
  * call for the same model re-carves that arena, which makes earlier caches of the model stale.
  */
 import { KernelArena } from "./arena.js";
+import type { CachedAttentionJob } from "./kernels/types.js";
 import {
   biasForward,
   firstVisibleKey,
@@ -38,6 +39,7 @@ interface DecodeWorkspace {
   qBlock: Float32Array; // [R*rep, D] queries of one slot and kv head
   oBlock: Float32Array; // [R*rep, D]
   scores: Float32Array; // [R*rep, maxLen]
+  items: Int32Array; // fused attention's items, 6 ints per (row, kv head)
   xf: Float32Array; // [R, C] final-normed rows that want logits
   logits: Float32Array; // [slots, V]
 }
@@ -97,6 +99,7 @@ export function createKvCache(model: LlamaModel, slots: number, maxLen: number):
       qBlock: take(R * rep * D),
       oBlock: take(R * rep * D),
       scores: take(R * rep * maxLen),
+      items: new Int32Array(6 * R * KVH),
       xf: take(R * C),
       logits: take(slots * (model.hasLmHead ? d.vocab : 0)),
     } satisfies DecodeWorkspace,
@@ -281,6 +284,8 @@ function extendChunk(
 // w.qkv rows of the chunk (RoPE applied, K/V already in the cache) -> w.attn [M, qDim]. Consecutive
 // rows of one slot form a block; per kv head, its rep query heads of all block rows are one matmul
 // against the slot's cached keys, masked causally by position (and by the sliding window, if any).
+// Blocks of a single row (every row of a decode step) go to the backend's fused kernel when it has
+// one: one call for all of them instead of two small products and a softmax per row and kv head.
 function cachedAttention(
   model: LlamaModel,
   cache: KvCache,
@@ -292,6 +297,7 @@ function cachedAttention(
   M: number,
 ): void {
   const k = model.kernels;
+  const fused = k.elementwise;
   const { heads: H, kvHeads: KVH, headDim: D, slidingWindow } = model.dims;
   const rep = H / KVH;
   const qDim = H * D;
@@ -299,6 +305,22 @@ function cachedAttention(
   const scale = 1 / Math.sqrt(D);
   const keys = cache.keys[layer];
   const values = cache.values[layer];
+  const job: CachedAttentionJob | undefined =
+    fused === undefined
+      ? undefined
+      : {
+          q: w.qkv,
+          out: w.attn,
+          keys,
+          values,
+          scores: w.scores,
+          items: w.items,
+          count: 0,
+          rep,
+          headDim: D,
+          scale,
+        };
+  let scoresUsed = 0;
   let i0 = 0;
   while (i0 < M) {
     const slot = rowSlot[start + i0];
@@ -308,6 +330,27 @@ function cachedAttention(
     const n = i1 - i0;
     const p0 = positions[start + i0];
     const keyLen = p0 + n;
+    if (job !== undefined && fused !== undefined && n === 1) {
+      const from = firstVisibleKey(p0, slidingWindow);
+      for (let kh = 0; kh < KVH; kh++) {
+        // the scores scratch holds every pending item's [rep, keyLen]: run what is queued when full
+        if (scoresUsed + rep * keyLen > w.scores.length || job.count === w.items.length / 6) {
+          fused.cachedAttention(job);
+          job.count = 0;
+          scoresUsed = 0;
+        }
+        const at = 6 * job.count++;
+        w.items[at] = i0 * qkvDim + kh * rep * D;
+        w.items[at + 1] = i0 * qDim + kh * rep * D;
+        w.items[at + 2] = (slot * KVH + kh) * cache.maxLen * D;
+        w.items[at + 3] = scoresUsed;
+        w.items[at + 4] = from;
+        w.items[at + 5] = keyLen;
+        scoresUsed += rep * keyLen;
+      }
+      i0 = i1;
+      continue;
+    }
     const rowsQ = n * rep;
     for (let kh = 0; kh < KVH; kh++) {
       const kvOff = (slot * KVH + kh) * cache.maxLen * D;
@@ -334,4 +377,5 @@ function cachedAttention(
     }
     i0 = i1;
   }
+  if (job !== undefined && fused !== undefined && job.count > 0) fused.cachedAttention(job);
 }

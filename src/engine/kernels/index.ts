@@ -12,6 +12,7 @@ export { BLAS_ENV, BlasKernels, blasCandidates, findBlas } from "./blas.js";
 export { PlainKernels, plainSgemm } from "./plain.js";
 export type {
   AdamWScalars,
+  CachedAttentionJob,
   ElementwiseKernels,
   GemmBatchItem,
   KernelBackend,

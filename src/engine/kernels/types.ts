@@ -101,6 +101,26 @@ export interface SoftmaxBackwardBlock {
   len: number;
 }
 
+/**
+ * Decoding rows' attention against a KV cache, one item per (row, kv head): its rep query heads
+ * q[qAt + r D, +D) attend the keys [from, len) of keys/values[kvAt, + len D) (rows from position 0),
+ * with scratch scores[scoresAt, + rep len); out[outAt + r D, +D) is overwritten. Offsets are in floats.
+ */
+export interface CachedAttentionJob {
+  q: Float32Array;
+  out: Float32Array;
+  keys: Float32Array;
+  values: Float32Array;
+  scores: Float32Array;
+  /** 6 ints per item: qAt, outAt, kvAt, scoresAt, from, len. */
+  items: Int32Array;
+  count: number;
+  rep: number;
+  headDim: number;
+  /** Score scale, 1 / sqrt(headDim) for Llama. */
+  scale: number;
+}
+
 /** RoPE's tables as layers.ts RopeTable holds them: cos and sin [positions, half] (any memory). */
 export interface RopeTables {
   readonly half: number;
@@ -211,6 +231,8 @@ export interface ElementwiseKernels {
     g: Float32Array,
     V: number,
   ): void;
+  /** Single-row attention against a KV cache (see CachedAttentionJob), one chunk per item. */
+  cachedAttention(job: CachedAttentionJob): void;
   /**
    * One AdamW update of params in place (m, v, params and grads from alloc(); mask: one byte per
    * parameter in alloc() memory, or null), the same float64 arithmetic as optim.ts, so the same bytes.

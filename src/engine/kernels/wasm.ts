@@ -4,6 +4,7 @@ import { KernelPool } from "./pool.js";
 import { type GemmJob, JOB_KIND, type KernelExports, runChunk } from "./protocol.js";
 import type {
   AdamWScalars,
+  CachedAttentionJob,
   ElementwiseKernels,
   GemmBatchItem,
   Kernels,
@@ -62,6 +63,7 @@ const OP = {
   SOFTMAX_ROWS_BACKWARD: 7,
   SPLIT_HEADS: 8,
   MERGE_HEADS: 9,
+  CACHED_ATTENTION: 10,
 } as const;
 /** Byte offset of the records (and AdamW's float64 scalars) in an element-wise argument table. */
 const ARGS_RECORDS = 64;
@@ -74,6 +76,12 @@ const ELEMENTWISE_CHUNK_FLOATS = 1 << 14;
 const ADAMW_CHUNK = 1 << 16;
 /** Below this many floats of work an element-wise job runs on the main thread alone. */
 const ELEMENTWISE_PARALLEL_MIN = 1 << 16;
+/**
+ * Decode attention stays on the main thread below this many multiply-adds: at the M preset (8 rows,
+ * 72 keys on average, about 3e5) waking a helper cost more than it saved (generation 0.96x), since
+ * the rows' keys and values come from DRAM either way.
+ */
+const CACHED_ATTENTION_PARALLEL_MIN = 1 << 22;
 
 /** Reads and compiles a kernels module; throws if the file is missing or the engine lacks SIMD/threads. */
 export function loadKernelsModule(path: string): WasmModule {
@@ -610,6 +618,60 @@ export class WasmKernels implements Kernels, ElementwiseKernels {
     f[4] = scalars.beta2;
     f[5] = scalars.eps;
     this.runElementwise(t.table, Math.ceil(size / ADAMW_CHUNK), size);
+  }
+
+  /** Decoding rows' attention against a KV cache, one chunk per (row, kv head) item (see ElementwiseKernels). */
+  cachedAttention(job: CachedAttentionJob): void {
+    const { q, out, keys, values, scores, items, count, rep, headDim: D, scale } = job;
+    if (!(Number.isInteger(rep) && rep >= 1 && Number.isInteger(D) && D >= 1))
+      throw new RangeError(`cachedAttention needs positive integer rep and headDim, got ${rep} and ${D}`);
+    if (!(Number.isInteger(count) && count >= 0 && items.length >= 6 * count))
+      throw new RangeError(`cachedAttention: ${count} items need ${6 * count} ints, got ${items.length}`);
+    this.checkOperand("q", q, 0);
+    this.checkOperand("out", out, 0);
+    this.checkOperand("keys", keys, 0);
+    this.checkOperand("values", values, 0);
+    this.checkOperand("scores", scores, 0);
+    checkNoOverlap("q", q, q.length, out, out.length, this.spaceOf);
+    checkNoOverlap("keys", keys, keys.length, out, out.length, this.spaceOf);
+    checkNoOverlap("values", values, values.length, out, out.length, this.spaceOf);
+    checkNoOverlap("scores", scores, scores.length, out, out.length, this.spaceOf);
+    if (count === 0) return;
+    const inside = (at: number, floats: number, view: Float32Array): boolean =>
+      at >= 0 && at + floats <= view.length;
+    const t = this.argsFor(count * 7);
+    t.words[0] = OP.CACHED_ATTENTION;
+    t.words[3] = rep;
+    t.words[4] = D;
+    t.floats[5] = scale;
+    let work = 0;
+    for (let i = 0; i < count; i++) {
+      const at = 6 * i;
+      const qAt = items[at];
+      const outAt = items[at + 1];
+      const kvAt = items[at + 2];
+      const scoresAt = items[at + 3];
+      const from = items[at + 4];
+      const len = items[at + 5];
+      if (!(len >= 1 && from >= 0 && from < len))
+        throw new RangeError(
+          `cachedAttention item ${i}: visible keys [${from}, ${len}) are empty or negative`,
+        );
+      if (!inside(qAt, rep * D, q) || !inside(outAt, rep * D, out) || !inside(scoresAt, rep * len, scores))
+        throw new RangeError(`cachedAttention item ${i}: q, out or scores offset outside its buffer`);
+      if (!inside(kvAt, len * D, keys) || !inside(kvAt, len * D, values))
+        throw new RangeError(`cachedAttention item ${i}: ${len} cached rows at ${kvAt} exceed the cache`);
+      const r = 16 + 7 * i;
+      t.words[r] = q.byteOffset + 4 * qAt;
+      t.words[r + 1] = out.byteOffset + 4 * outAt;
+      t.words[r + 2] = keys.byteOffset + 4 * kvAt;
+      t.words[r + 3] = values.byteOffset + 4 * kvAt;
+      t.words[r + 4] = scores.byteOffset + 4 * scoresAt;
+      t.words[r + 5] = from;
+      t.words[r + 6] = len;
+      work += 2 * rep * (len - from) * D;
+    }
+    this.runElementwise(t.table, count, work >= CACHED_ATTENTION_PARALLEL_MIN ? work : 0);
   }
 
   /** Blocks until every worker can take jobs; false on timeout (see Kernels.waitForWorkers). */
