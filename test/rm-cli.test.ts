@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { loadCheckpoint } from "../src/engine/checkpoint.js";
-import { fails, ok } from "./helpers/cli.js";
+import { fails, ok, selfsteer } from "./helpers/cli.js";
 
 const fixtures = fileURLToPath(new URL("../../test/fixtures/rm/", import.meta.url));
 const mixed = join(fixtures, "mixed-formats.jsonl");
@@ -345,4 +345,41 @@ test("an interrupted rm train resumes to the same weights; changed settings or d
   ok(...args(torn, "--steps", "2"));
   copyFileSync(join(whole, "model.safetensors"), join(torn, "checkpoint-2", "model.safetensors"));
   fails(["model.safetensors: does not match", "trainer_state.json", "--restart"], ...args(torn));
+});
+
+test("rm train warns, before training, naming the pairs whose system prompt --max-len cuts", () => {
+  const pairs = join(work, "long-system.jsonl");
+  const pair = (system: string) =>
+    JSON.stringify({
+      prompt: [
+        { role: "system", content: system },
+        { role: "user", content: "Say hi." },
+      ],
+      chosen: "Hi!",
+      rejected: "Goodbye.",
+    });
+  // Pair 2's system turn (about 70 tokens) does not fit in half of 48 tokens, for either response.
+  writeFileSync(pairs, `${[pair("Be brief."), pair("Be accurate. ".repeat(5))].join("\n")}\n`);
+  const args = (out: string, maxLen: string) => [
+    "rm",
+    "train",
+    "--model",
+    policy,
+    "--pairs",
+    pairs,
+    "--out",
+    join(work, out),
+    "--max-len",
+    maxLen,
+    ...fast,
+  ];
+  const r = selfsteer(...args("long-system", "48"));
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(
+    r.stderr,
+    /selfsteer: 1 pair\(s\) too long to keep their system prompt whole at --max-len 48 \(2 sequence\(s\)[^\n]*: pair 2\n/,
+  );
+  const roomy = selfsteer(...args("roomy-system", "128"));
+  assert.equal(roomy.status, 0, roomy.stderr);
+  assert.doesNotMatch(roomy.stderr, /too long to keep/);
 });

@@ -287,3 +287,36 @@ test("bad data lines exit 2 naming file:line:field", () => {
   assert.equal(flags.status, 2);
   assert.match(flags.stderr, /--max-len: 999 exceeds max_position_embeddings 128/);
 });
+
+test("sft warns, before training, naming the examples whose system prompt --max-len cuts", () => {
+  const data = join(work, "long-system.jsonl");
+  const example = (system: string) =>
+    JSON.stringify({
+      messages: [
+        { role: "system", content: system },
+        { role: "user", content: "add 1 and 2" },
+        { role: "assistant", content: "3" },
+      ],
+    });
+  // Example 2's system turn (about 70 tokens) does not fit in half of 48 tokens; example 1's does.
+  writeFileSync(data, `${[example("Be brief."), example("Be accurate. ".repeat(5))].join("\n")}\n`);
+  const flags = ["--data", data, "--batch-size", "2", "--max-len", "48", "--backend", "plain"];
+  const r = selfsteer("sft", "--model", base, "--out", join(work, "long-system"), ...flags);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(
+    r.stderr,
+    /selfsteer: 1 example\(s\) too long to keep their system prompt whole at --max-len 48 \(1 sequence\(s\)[^\n]*: example 2\n/,
+  );
+  const roomy = selfsteer(
+    "sft",
+    "--model",
+    base,
+    "--out",
+    join(work, "roomy-system"),
+    ...flags,
+    "--max-len",
+    "128",
+  );
+  assert.equal(roomy.status, 0, roomy.stderr);
+  assert.doesNotMatch(roomy.stderr, /too long to keep/);
+});

@@ -133,6 +133,7 @@ function trainCommand(flags: TrainFlags): void {
         weightDecay,
         saveEvery,
         ...(stepsNow !== undefined ? { maxStepsNow: stepsNow } : {}),
+        onWarning: (line) => process.stderr.write(`selfsteer: ${line}\n`),
       },
       {
         onStart: ({ startStep, totalSteps }) => {

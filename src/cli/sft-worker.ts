@@ -70,6 +70,7 @@ function run(data: SftWorkerData): void {
         examples: data.examples,
         settings,
         saveEvery: data.saveEvery,
+        onWarning: (line) => post({ type: "warning", message: line }),
       },
       {
         onStart: ({ startStep, totalSteps, resumedFrom }) =>

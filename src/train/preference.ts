@@ -15,7 +15,13 @@ import type { PreferenceRecord } from "../sso/pairs.js";
 import type { RunHooks, StepFunction, StepRecord, TrainRunResult } from "./loop.js";
 import { loopOptions, runSteps, trainRun } from "./loop.js";
 import { checkpointMeta, type Fingerprint, RunDirectory, weightsDigest } from "./run-dir.js";
-import { type EncodedSequence, encodeResponse, type Message, packBatch } from "./sequences.js";
+import {
+  type EncodedSequence,
+  encodeResponse,
+  type Message,
+  packBatch,
+  systemCutWarning,
+} from "./sequences.js";
 
 /** The prompt and response of each of the six sequences of a record (docs/algorithm.md, "The six sequences and three pairs"): the neg pair prefers y0 over y+. */
 export function sequenceFor(record: PreferenceRecord, key: SeqKey): { prompt: Message[]; response: string } {
@@ -302,12 +308,8 @@ export function describeSystemCuts(
   cuts: readonly SystemCut[],
   maxLen: number,
 ): string {
-  const names = [...new Set(cuts.map((c) => recordName(records, c.record)))];
-  const shown = names.slice(0, 5).join(", ") + (names.length > 5 ? `, and ${names.length - 5} more` : "");
-  return (
-    `${names.length} record(s) too long to keep their principle system prompt whole at --max-len ${maxLen} ` +
-    `(${cuts.length} sequence(s); their oldest system tokens are cut): ${shown}`
-  );
+  const names = cuts.map((c) => recordName(records, c.record));
+  return systemCutWarning("record", "principle system prompt", names, cuts.length, maxLen);
 }
 
 function recordName(records: readonly PreferenceRecord[], index: number): string {

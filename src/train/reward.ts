@@ -16,7 +16,13 @@ import type { PreferencePair, ScoreItem } from "../sso/pairs.js";
 import type { RunHooks, StepFunction, StepRecord, TrainRunResult } from "./loop.js";
 import { loopOptions, METRIC, runSteps, trainRun } from "./loop.js";
 import { type CheckpointMeta, RunDirectory, weightsDigest } from "./run-dir.js";
-import { type EncodedSequence, encodeResponse, type Message, packBatch } from "./sequences.js";
+import {
+  type EncodedSequence,
+  encodeResponse,
+  type Message,
+  packBatch,
+  systemCutWarning,
+} from "./sequences.js";
 
 // ---------------------------------------------------------------------------------------------------
 // Sequences and scores
@@ -32,11 +38,24 @@ export function encodeScored(
   response: string,
   maxLen: number,
 ): number[] {
+  return encodeScoredSequence(tokenizer, prompt, response, maxLen).ids;
+}
+
+/** encodeScored's ids, and whether the length limit cut the system prompt (EncodedSequence.systemCut). */
+function encodeScoredSequence(
+  tokenizer: BpeTokenizer,
+  prompt: Message[],
+  response: string,
+  maxLen: number,
+): { ids: number[]; systemCut: boolean } {
   if (!(Number.isInteger(maxLen) && maxLen >= 2)) throw new RangeError(`maxLen must be >= 2, got ${maxLen}`);
-  const endAtResponse = (seq: EncodedSequence): number[] => seq.ids.slice(0, seq.mask.lastIndexOf(1) + 1);
+  const endAtResponse = (seq: EncodedSequence) => ({
+    ids: seq.ids.slice(0, seq.mask.lastIndexOf(1) + 1),
+    systemCut: seq.systemCut === true,
+  });
   // ChatML's trailing newline is dropped, so a response that fits without it must not be cut for it.
   const roomy = endAtResponse(encodeResponse(tokenizer, prompt, response, maxLen + 1));
-  if (roomy.length <= maxLen) return roomy;
+  if (roomy.ids.length <= maxLen) return roomy;
   return endAtResponse(encodeResponse(tokenizer, prompt, response, maxLen));
 }
 
@@ -44,13 +63,18 @@ export function encodeScored(
 export interface EncodedPair {
   chosen: number[];
   rejected: number[];
+  /** How many of the two lost part of their system prompt to the length limit. */
+  systemCuts: number;
 }
 
 /** Encodes both responses of a pair. */
 export function encodePair(tokenizer: BpeTokenizer, pair: PreferencePair, maxLen: number): EncodedPair {
+  const chosen = encodeScoredSequence(tokenizer, pair.prompt, pair.chosen, maxLen);
+  const rejected = encodeScoredSequence(tokenizer, pair.prompt, pair.rejected, maxLen);
   return {
-    chosen: encodeScored(tokenizer, pair.prompt, pair.chosen, maxLen),
-    rejected: encodeScored(tokenizer, pair.prompt, pair.rejected, maxLen),
+    chosen: chosen.ids,
+    rejected: rejected.ids,
+    systemCuts: (chosen.systemCut ? 1 : 0) + (rejected.systemCut ? 1 : 0),
   };
 }
 
@@ -262,6 +286,11 @@ export interface RewardRunInput {
   saveEvery: number;
   /** Run at most this many steps now, commit and return (rerun to continue). */
   maxStepsNow?: number;
+  /**
+   * Told, before training starts, of pairs whose prompts lose part of their system prompt to
+   * --max-len (one line); not called when there are none or the run is already finished.
+   */
+  onWarning?: (line: string) => void;
 }
 
 /**
@@ -296,6 +325,12 @@ export function runRewardTraining(input: RewardRunInput, hooks: RunHooks = {}): 
     restartHint: "pass --restart",
   });
   const encoded = input.pairs.map((p) => encodePair(tokenizer, p, options.maxLen));
+  if (input.onWarning !== undefined && run.finished() === null) {
+    const cut = encoded.flatMap((pair, i) => (pair.systemCuts > 0 ? [`pair ${i + 1}`] : []));
+    const sequences = encoded.reduce((sum, pair) => sum + pair.systemCuts, 0);
+    if (cut.length > 0)
+      input.onWarning(systemCutWarning("pair", "system prompt", cut, sequences, options.maxLen));
+  }
   return trainRun({
     run,
     model,

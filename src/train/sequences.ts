@@ -54,6 +54,26 @@ export function encodeConversation(
   return truncate(tokenizer, kept, { ids, mask: responseMask }, maxLen);
 }
 
+/**
+ * One warning line for training items whose sequences lost part of their system prompt to --max-len
+ * (docs/algorithm.md, "Length limits and truncation"), naming the first five: `what` names the items
+ * ("record", "example", "pair"), `prompt` the kind of system prompt.
+ */
+export function systemCutWarning(
+  what: string,
+  prompt: string,
+  names: readonly string[],
+  sequences: number,
+  maxLen: number,
+): string {
+  const unique = [...new Set(names)];
+  const shown = unique.slice(0, 5).join(", ") + (unique.length > 5 ? `, and ${unique.length - 5} more` : "");
+  return (
+    `${unique.length} ${what}(s) too long to keep their ${prompt} whole at --max-len ${maxLen} ` +
+    `(${sequences} sequence(s); their oldest system tokens are cut): ${shown}`
+  );
+}
+
 function isEmptySystem(m: Message): boolean {
   return m.role === "system" && m.content === "";
 }

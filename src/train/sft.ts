@@ -4,7 +4,13 @@ import type { BpeTokenizer } from "../engine/tokenizer.js";
 import type { RunHooks, StepFunction, StepRecord, TrainRunResult } from "./loop.js";
 import { loopOptions, METRIC, runSteps, trainRun } from "./loop.js";
 import { checkpointMeta, type Fingerprint, RunDirectory, weightsDigest } from "./run-dir.js";
-import { type EncodedSequence, encodeConversation, type Message, packBatch } from "./sequences.js";
+import {
+  type EncodedSequence,
+  encodeConversation,
+  type Message,
+  packBatch,
+  systemCutWarning,
+} from "./sequences.js";
 
 /** A supervised example: a conversation whose assistant turns are learned, or raw text (all tokens). */
 export type SftExample = { messages: Message[] } | { text: string };
@@ -142,6 +148,11 @@ export interface SftRunInput {
   settings: SftRunSettings;
   /** Commit a checkpoint every this many steps (0: only when stopped early). */
   saveEvery: number;
+  /**
+   * Told, before training starts, of examples whose conversations lose part of their system prompt to
+   * --max-len (one line); not called when there are none or the run is already finished.
+   */
+  onWarning?: (line: string) => void;
 }
 
 /**
@@ -161,6 +172,11 @@ export function runSftTraining(input: SftRunInput, hooks: RunHooks = {}): TrainR
     restartHint: "pass --restart",
   });
   const encoded = input.examples.map((e) => encodeSftExample(tokenizer, e, settings.maxLen));
+  if (input.onWarning !== undefined && run.finished() === null) {
+    const cut = encoded.flatMap((seq, i) => (seq.systemCut ? [`example ${i + 1}`] : []));
+    if (cut.length > 0)
+      input.onWarning(systemCutWarning("example", "system prompt", cut, cut.length, settings.maxLen));
+  }
   // Plan activations once for the largest micro-batch, so the arena does not grow batch by batch.
   let longest = 1;
   for (const seq of encoded) longest = Math.max(longest, seq.ids.length);
