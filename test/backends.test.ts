@@ -9,11 +9,11 @@ import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type LlamaConfig, LlamaConfigSchema } from "../src/engine/config.js";
-import { type Kernels, PlainKernels } from "../src/engine/kernels/index.js";
+import { createKernels, type Kernels, MEMORY_ENV, PlainKernels } from "../src/engine/kernels/index.js";
 import { attentionBackward, attentionForward } from "../src/engine/layers.js";
 import { LlamaModel, type TokenBatch } from "../src/engine/model.js";
 import { Rng } from "../src/util/rng.js";
-import { FAST_BACKENDS, kernelsOf } from "./helpers/backends.js";
+import { FAST_BACKENDS, HEAP_BLAS, kernelsOf } from "./helpers/backends.js";
 import { fails, ok } from "./helpers/cli.js";
 
 const plain = new PlainKernels();
@@ -92,8 +92,8 @@ function batchOf(rng: Rng, vocab: number, lengths: number[], T: number): TokenBa
   return { ids, batch: B, seqLen: T, lengths: Int32Array.from(lengths), lossMask };
 }
 
-for (const backend of FAST_BACKENDS) {
-  test(`${backend.name}: causal GQA attention forward and backward agree with the plain kernels`, {
+for (const backend of [...FAST_BACKENDS, HEAP_BLAS]) {
+  test(`${backend.label ?? backend.name}: causal GQA attention forward and backward agree with the plain kernels`, {
     skip: backend.skip,
   }, () => {
     const kernels = open(backend, 2);
@@ -122,7 +122,7 @@ for (const backend of FAST_BACKENDS) {
     }
   });
 
-  test(`${backend.name}: the whole model's log-probs and gradients agree with the plain kernels`, {
+  test(`${backend.label ?? backend.name}: the whole model's log-probs and gradients agree with the plain kernels`, {
     skip: backend.skip,
   }, () => {
     const kernels = open(backend, 2);
@@ -147,7 +147,7 @@ for (const backend of FAST_BACKENDS) {
     }
   });
 
-  test(`${backend.name}: whole-model gradients match finite differences on this backend`, {
+  test(`${backend.label ?? backend.name}: whole-model gradients match finite differences on this backend`, {
     skip: backend.skip,
   }, () => {
     const kernels = open(backend, 1);
@@ -203,4 +203,34 @@ test("model info says what --backend auto computes on; --backend names a backend
     "--backend",
     "gpu",
   );
+});
+
+test("SELFSTEER_MEMORY picks where buffers live; the wasm backend cannot run on the heap; bad values are refused", {
+  skip: HEAP_BLAS.skip,
+}, () => {
+  const heap = createKernels({ backend: "blas", threads: 1, memory: "heap" });
+  opened.push(heap);
+  assert.equal(heap.backend, "blas");
+  assert.equal(heap.elementwise, undefined);
+  assert.match(heap.note ?? "", /JS heap/);
+  assert.ok(!(heap.alloc(4).buffer instanceof SharedArrayBuffer));
+  assert.throws(
+    () => createKernels({ backend: "wasm", memory: "heap" }),
+    /SELFSTEER_MEMORY=heap.*blas or plain/,
+  );
+  const saved = process.env[MEMORY_ENV];
+  try {
+    process.env[MEMORY_ENV] = "heap";
+    const fromEnv = createKernels({ backend: "blas", threads: 1 });
+    opened.push(fromEnv);
+    assert.equal(fromEnv.elementwise, undefined);
+    process.env[MEMORY_ENV] = "disk";
+    assert.throws(
+      () => createKernels({ backend: "blas", threads: 1 }),
+      /SELFSTEER_MEMORY must be "wasm" or "heap", got "disk"/,
+    );
+  } finally {
+    if (saved === undefined) delete process.env[MEMORY_ENV];
+    else process.env[MEMORY_ENV] = saved;
+  }
 });

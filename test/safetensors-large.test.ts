@@ -6,6 +6,7 @@ import {
   mkdtempSync,
   openSync,
   readFileSync,
+  readSync,
   rmSync,
   writeFileSync,
   writeSync,
@@ -16,6 +17,7 @@ import { test } from "node:test";
 import { loadCheckpoint } from "../src/engine/checkpoint.js";
 import { LlamaConfigSchema } from "../src/engine/config.js";
 import { llamaParamSpecs, numel } from "../src/engine/params.js";
+import { writeFileAtomic } from "../src/util/fsio.js";
 
 // A Llama shape whose untied embedding and lm_head are each just over 1 GiB (so each takes two read
 // calls), so the single model.safetensors is just past the 2 GiB Node reads in one piece (as
@@ -114,6 +116,33 @@ test("a single model.safetensors over 2 GiB loads tensor by tensor (sparse file)
       for (const i of [2, 12_344, 12_346, n >> 1, n - 3]) assert.equal(data[i], 0, `${name}[${i}]`);
     }
     assert.equal(ckpt.tensors.get(embed)!.data[n - 2], 0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("writeFileAtomic writes a buffer over 2 GiB whole (one write call cannot: a 0.5B model's optimizer state)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "selfsteer-big-write-"));
+  try {
+    const bytes = new Uint8Array(TWO_GIB + 4099);
+    // markers at both ends and on each side of the 1 GiB write boundaries
+    const marks = [0, 2 ** 30 - 1, 2 ** 30, 2 ** 31 - 1, 2 ** 31, bytes.length - 1];
+    marks.forEach((at, i) => {
+      bytes[at] = i + 1;
+    });
+    const path = join(dir, "optimizer.safetensors");
+    writeFileAtomic(path, bytes);
+    const fd = openSync(path, "r");
+    try {
+      assert.equal(fstatSync(fd).size, bytes.length);
+      const one = new Uint8Array(1);
+      marks.forEach((at, i) => {
+        readSync(fd, one, 0, 1, at);
+        assert.equal(one[0], i + 1, `byte ${at}`);
+      });
+    } finally {
+      closeSync(fd);
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -48,7 +48,7 @@ import type { AdamW } from "../engine/optim.js";
 import type { BpeTokenizer } from "../engine/tokenizer.js";
 import { crashPoint } from "../util/crash.js";
 import { UserError } from "../util/errors.js";
-import { hashFileInto, readJsonFile, writeFileAtomic, writeJsonAtomic } from "../util/fsio.js";
+import { hashFileInto, readJsonFile, writeChunked, writeFileAtomic, writeJsonAtomic } from "../util/fsio.js";
 
 /** File names of a run directory (beside the HF checkpoint files). */
 export const RUN_FILES = { run: "run.json", metrics: "metrics.jsonl" } as const;
@@ -269,7 +269,7 @@ export class RunDirectory {
     saveCheckpoint(staging, { ...meta, tensors: model.namedTensors() });
     crashPoint("weights");
     const { optimizerBytes, stateJson } = trainerStateFiles({ step, optimizer: optimizer.exportState() });
-    writeFileSync(join(staging, CHECKPOINT_FILES.optimizer), optimizerBytes);
+    writeChunked(join(staging, CHECKPOINT_FILES.optimizer), optimizerBytes);
     crashPoint("optimizer");
     const commit = this.commitRecord(staging, totalSteps, step === totalSteps);
     writeFileSync(

@@ -8,18 +8,23 @@ import {
   renameSync,
   rmSync,
   writeFileSync,
+  writeSync,
 } from "node:fs";
 import { dirname } from "node:path";
 import type { z } from "zod";
 import { crashPoint } from "./crash.js";
 import { formatPath, UserError } from "./errors.js";
 
+/** Bytes per write call: one call cannot write 2 GiB or more (a 0.5B model's optimizer state is 3.95 GB). */
+const WRITE_CHUNK_BYTES = 1 << 30;
+
 /** Writes a file atomically: a temp file beside it, then rename, so readers never see half a file. */
 export function writeFileAtomic(path: string, data: string | Uint8Array): void {
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
   try {
-    writeFileSync(tmp, data);
+    if (typeof data === "string") writeFileSync(tmp, data);
+    else writeChunked(tmp, data);
   } catch (err) {
     rmSync(tmp, { force: true });
     throw err;
@@ -31,6 +36,18 @@ export function writeFileAtomic(path: string, data: string | Uint8Array): void {
   } catch (err) {
     rmSync(tmp, { force: true });
     throw err;
+  }
+}
+
+/** Writes `data` to a new file at `path` (not atomically) in calls of at most WRITE_CHUNK_BYTES. */
+export function writeChunked(path: string, data: Uint8Array): void {
+  const fd = openSync(path, "w");
+  try {
+    for (let done = 0; done < data.length; ) {
+      done += writeSync(fd, data, done, Math.min(WRITE_CHUNK_BYTES, data.length - done));
+    }
+  } finally {
+    closeSync(fd);
   }
 }
 

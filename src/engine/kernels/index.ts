@@ -30,6 +30,11 @@ export const KERNEL_BACKENDS = ["auto", "blas", "wasm", "plain"] as const;
 /** One of KERNEL_BACKENDS. */
 export type BackendChoice = (typeof KERNEL_BACKENDS)[number];
 
+/** Where the kernels' buffers live: the shared WASM memory (at most 4 GiB) or the JS heap. */
+export type KernelMemory = "wasm" | "heap";
+/** Environment variable naming the default KernelMemory ("heap": BLAS on the JS heap, no 4 GiB limit). */
+export const MEMORY_ENV = "SELFSTEER_MEMORY";
+
 /** Options of createKernels. */
 export interface CreateKernelsOptions {
   /**
@@ -46,6 +51,13 @@ export interface CreateKernelsOptions {
   wasmPath?: string;
   /** BLAS library name or path to load instead of the usual ones ("none": no BLAS; default $SELFSTEER_BLAS). */
   blasLibrary?: string;
+  /**
+   * "wasm" (default, or $SELFSTEER_MEMORY): BLAS and the compiled element-wise loops share the WASM
+   * memory, which stops at 4 GiB. "heap": every buffer is an ordinary JS typed array, so a model of any
+   * size fits (a 0.5B model's training step needs about 8 GB); BLAS still computes the products, the
+   * element-wise work runs in the plain TypeScript loops. The wasm backend cannot run on the heap.
+   */
+  memory?: KernelMemory;
 }
 
 /**
@@ -89,6 +101,14 @@ function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** $SELFSTEER_MEMORY as a KernelMemory ("wasm" when unset); anything else is an error naming it. */
+function memoryFromEnv(): KernelMemory {
+  const value = process.env[MEMORY_ENV];
+  if (value === undefined || value === "" || value === "wasm") return "wasm";
+  if (value === "heap") return "heap";
+  throw new Error(`${MEMORY_ENV} must be "wasm" or "heap", got "${value}"`);
+}
+
 /** Attaches a one-line note to kernels (see CreatedKernels). */
 function withNote<T extends Kernels>(kernels: T, note: string): T & { readonly note: string } {
   return Object.defineProperty(kernels, "note", { value: note, enumerable: true }) as T & { note: string };
@@ -108,6 +128,11 @@ export function createKernels(options: CreateKernelsOptions = {}): CreatedKernel
   if (!Number.isInteger(threads) || threads < 1) {
     throw new RangeError(`threads must be a positive integer, got ${threads}`);
   }
+  const memory = options.memory ?? memoryFromEnv();
+  if (memory === "heap" && backend === "wasm")
+    throw new Error(
+      `${MEMORY_ENV}=heap keeps buffers out of the WASM memory the wasm backend computes in: use blas or plain`,
+    );
   const blas = backend === "wasm" ? undefined : findBlas(options.blasLibrary);
   if (backend === "blas" && blas?.library === undefined) {
     throw new Error(`BLAS unavailable: ${blas?.reason ?? "not searched"}`);
@@ -115,6 +140,15 @@ export function createKernels(options: CreateKernelsOptions = {}): CreatedKernel
   // auto skips a reference BLAS: the WASM kernels are faster than it.
   const useBlas =
     blas?.library !== undefined && (backend === "blas" || blas.library.optimized) ? blas.library : undefined;
+  if (memory === "heap") {
+    const heapNote = `kernel memory on the JS heap (${MEMORY_ENV}=heap): no 4 GiB limit, element-wise loops in plain TypeScript`;
+    if (useBlas !== undefined)
+      return withNote(new BlasKernels(new PlainKernels(), useBlas, threads), heapNote);
+    return withNote(
+      new PlainKernels(),
+      `${heapNote}; ${blas?.library === undefined ? `no BLAS (${blas?.reason ?? "not searched"})` : `${blas.library.description} is a reference BLAS`}, so plain products too`,
+    );
+  }
   let wasm: WasmKernels | undefined;
   let wasmFailure = "";
   try {
@@ -161,6 +195,12 @@ export function autoBackend(
   } catch (error) {
     wasmFailure = message(error);
   }
+  if (blas.library?.optimized === true && memoryFromEnv() === "heap")
+    return {
+      backend: "blas",
+      description: `${blas.library.description} (${blas.library.path})`,
+      note: `kernel memory on the JS heap (${MEMORY_ENV}=heap): element-wise loops in plain TypeScript`,
+    };
   if (blas.library?.optimized === true) {
     const description = `${blas.library.description} (${blas.library.path})`;
     return wasmFailure === undefined
