@@ -309,3 +309,50 @@ test("fastExp agrees with Math.exp to 1e-8 relative over the fp32 range and hand
   assert.equal(fastExp(1000), Number.POSITIVE_INFINITY);
   assert.ok(Number.isNaN(fastExp(Number.NaN)));
 });
+
+test("a scoring forward (keep: false) gives the same bytes in a fraction of the memory and allows no backward", () => {
+  class CountingKernels extends PlainKernels {
+    floats = 0;
+    override alloc(length: number): Float32Array {
+      this.floats += length;
+      return super.alloc(length);
+    }
+  }
+  const config = tinyConfig({ num_hidden_layers: 6 });
+  const rng = new Rng(41);
+  const rows = [randomSeq(rng, 12, 37), randomSeq(rng, 7, 37), randomSeq(rng, 12, 37)];
+  const batch = makeBatch(rows, 12, 0);
+  const scored = (keep: boolean) => {
+    const kernels = new CountingKernels();
+    const model = new LlamaModel(config, kernels);
+    model.initRandom(new Rng(5), 0.25);
+    const before = kernels.floats;
+    const lp = model.forward(batch, { keep });
+    const activations = kernels.floats - before;
+    const rm = new LlamaModel(config, new PlainKernels(), { scoreHead: true });
+    rm.initRandom(new Rng(6), 0.25);
+    const scores = rm.forwardScores(batch, { keep });
+    return { model, rm, lp, scores, activations };
+  };
+  const kept = scored(true);
+  const light = scored(false);
+  assert.deepEqual(light.lp, kept.lp);
+  assert.deepEqual(light.scores, kept.scores);
+  assert.ok(
+    light.activations * 3 < kept.activations,
+    `scoring activations ${light.activations} floats, training ${kept.activations}`,
+  );
+  assert.throws(() => light.model.backward(new Float32Array(36)), /activations of a preceding forward/);
+  assert.throws(() => light.rm.backwardScores([1, 1, 1]), /activations of a preceding forwardScores/);
+  // a training forward after scoring ones re-plans the arena; its gradients equal a fresh model's
+  const dTok = Array.from({ length: 36 }, (_, i) => Math.sin(i));
+  for (const { model } of [light, kept]) {
+    model.zeroGrad();
+    model.forward(batch);
+    model.backward(dTok);
+  }
+  assert.deepEqual(light.model.grads, kept.model.grads);
+  // after a training forward, a scoring forward leaves no backward behind it either
+  kept.model.forward(batch, { keep: false });
+  assert.throws(() => kept.model.backward(dTok), /activations of a preceding forward/);
+});

@@ -16,7 +16,13 @@ export { type CreatedKernels, type CreateKernelsOptions, createKernels } from ".
 export type { Kernels } from "./kernels/types.js";
 export { type LoadedModelDir, type LoadModelDirOptions, loadModelDir } from "./load.js";
 export { nextTokenLogprobs } from "./logprobs.js";
-export { type ForwardResult, LlamaModel, type LlamaModelOptions, type TokenBatch } from "./model.js";
+export {
+  type ForwardOptions,
+  type ForwardResult,
+  LlamaModel,
+  type LlamaModelOptions,
+  type TokenBatch,
+} from "./model.js";
 export { AdamW, type AdamWOptions, clipGradNorm, cosineLr, decayMaskFromSpecs } from "./optim.js";
 export {
   type GenerateOptions,

@@ -42,7 +42,10 @@ export function nextTokenLogprobs(
           if (t >= 1) lossMask[b * T + t] = 1;
         }
       });
-      const { tokenLogprobs } = model.forward({ ids, batch: B, seqLen: T, lengths, lossMask });
+      const { tokenLogprobs } = model.forward(
+        { ids, batch: B, seqLen: T, lengths, lossMask },
+        { keep: false },
+      );
       return group.map((g, b) => tokenLogprobs.slice(b * T + 1, b * T + sequences[scored[g]].length));
     },
   );

@@ -113,6 +113,8 @@ interface LayerActivations {
 
 /** The activation arena: per-layer state plus forward and backward scratch. */
 interface Activations {
+  /** Every layer has its own buffers (training); false: one set shared by all layers (scoring only). */
+  keepsAll: boolean;
   tokens: number; // capacity in token rows N = B*T
   probsPerLayer: number; // capacity B*H*T*T
   scoresSquare: number; // capacity T*T
@@ -135,6 +137,12 @@ interface Activations {
   dGu: Float32Array; // [N, 2I]
   dH: Float32Array; // [N, I]
   dLogits: Float32Array; // [N, V]
+}
+
+/** Options of a forward pass. */
+export interface ForwardOptions {
+  /** Keep every layer's activations for a backward pass (default true); false: scoring only. */
+  keep?: boolean;
 }
 
 /** The batch whose activations are held for backward. */
@@ -354,25 +362,39 @@ export class LlamaModel {
     else this.gradBuffer.fill(0);
   }
 
-  /** Makes sure activations fit a [batch, seqLen] batch; grows (never shrinks) the arena. */
-  reserve(batch: number, seqLen: number): void {
+  /**
+   * Makes sure activations fit a [batch, seqLen] batch; grows (never shrinks) the arena. `keep` false
+   * plans for forwards that keep nothing for backward (scoring): one layer's buffers shared by every
+   * layer and no backward scratch, so a 24-layer model's activations take about 1/24 of the memory.
+   */
+  reserve(batch: number, seqLen: number, keep = true): void {
     const d = this.dims;
     const tokens = batch * seqLen;
     const probs = batch * d.heads * seqLen * seqLen;
     const square = seqLen * seqLen;
     const a = this.acts;
-    if (a !== null && tokens <= a.tokens && probs <= a.probsPerLayer && square <= a.scoresSquare) return;
+    if (
+      a !== null &&
+      (a.keepsAll || !keep) &&
+      tokens <= a.tokens &&
+      probs <= a.probsPerLayer &&
+      square <= a.scoresSquare
+    )
+      return;
+    // Growing a scoring layout keeps it one; a training layout stays one (it serves scoring too).
+    const keepsAll = keep || (a?.keepsAll ?? false);
     const N = Math.max(tokens, a?.tokens ?? 0);
     const P = Math.max(probs, a?.probsPerLayer ?? 0);
     const S = Math.max(square, a?.scoresSquare ?? 0);
     const { hidden: C, intermediate: I, vocab: V } = d;
     const V_ = this.hasLmHead ? V : 0;
-    this.acts = this.actsArena.carve((take) => ({
-      tokens: N,
-      probsPerLayer: P,
-      scoresSquare: S,
-      resid: Array.from({ length: d.layers + 1 }, () => take(N * C)),
-      layers: Array.from({ length: d.layers }, () => ({
+    // Scoring: every layer reads resid[l] and writes resid[l + 1], so two buffers alternate.
+    const residCount = keepsAll ? d.layers + 1 : 2;
+    const layerCount = keepsAll ? d.layers : 1;
+    const back = keepsAll ? 1 : 0;
+    this.acts = this.actsArena.carve((take) => {
+      const resid = Array.from({ length: residCount }, () => take(N * C));
+      const layers = Array.from({ length: layerCount }, () => ({
         ln1: take(N * C),
         rstd1: take(N),
         q: take(N * this.qDim),
@@ -389,25 +411,33 @@ export class LlamaModel {
         rstd2: take(N),
         gu: take(N * 2 * I),
         sig: take(N * I),
-      })),
-      lnf: take(N * C),
-      rstdf: take(N),
-      logits: take(N * V_),
-      probs: take(N * V_),
-      h: take(N * I),
-      qkvFlat: take(N * this.qkvDim),
-      heads: take(N * this.qDim),
-      dResid: take(N * C),
-      dLn: take(N * C),
-      dq: take(N * this.qDim),
-      dk: take(N * this.kvDim),
-      dv: take(N * this.kvDim),
-      dAttn: take(N * this.qDim),
-      dScores: take(P),
-      dGu: take(N * 2 * I),
-      dH: take(N * I),
-      dLogits: take(N * V_),
-    }));
+      }));
+      return {
+        keepsAll,
+        tokens: N,
+        probsPerLayer: P,
+        scoresSquare: S,
+        resid: Array.from({ length: d.layers + 1 }, (_, l) => resid[l % residCount]),
+        layers: Array.from({ length: d.layers }, (_, l) => layers[l % layerCount]),
+        lnf: take(N * C),
+        rstdf: take(N),
+        logits: take(N * V_),
+        probs: take(N * V_),
+        h: take(N * I),
+        qkvFlat: take(N * this.qkvDim),
+        heads: take(N * this.qDim),
+        dResid: take(back * N * C),
+        dLn: take(back * N * C),
+        dq: take(back * N * this.qDim),
+        dk: take(back * N * this.kvDim),
+        dv: take(back * N * this.kvDim),
+        dAttn: take(back * N * this.qDim),
+        dScores: take(back * P),
+        dGu: take(back * N * 2 * I),
+        dH: take(back * N * I),
+        dLogits: take(back * N * V_),
+      };
+    });
     this.pending = null;
   }
 
@@ -432,8 +462,16 @@ export class LlamaModel {
   }
 
   // ids [B, T] -> acts.lnf [N, C] (final-normed hidden states), keeping every layer's activations.
-  private backboneForward(ids: Int32Array, lengths: Int32Array, B: number, T: number): Activations {
-    this.reserve(B, T);
+  private backboneForward(
+    ids: Int32Array,
+    lengths: Int32Array,
+    B: number,
+    T: number,
+    keep: boolean,
+  ): Activations {
+    this.reserve(B, T, keep);
+    // Without keep, the shared buffers are about to be overwritten: no backward may follow.
+    if (!keep) this.pending = null;
     this.rope.ensure(T);
     const a = this.acts!;
     const d = this.dims;
@@ -581,15 +619,19 @@ export class LlamaModel {
     return p;
   }
 
-  /** Next-token log-probs of a batch; keeps activations for backward. */
-  forward(batch: TokenBatch): ForwardResult {
+  /**
+   * Next-token log-probs of a batch; keeps activations for backward unless `keep` is false (scoring
+   * only: far less memory, and backward then throws). Both give the same bytes.
+   */
+  forward(batch: TokenBatch, options: ForwardOptions = {}): ForwardResult {
+    const keep = options.keep ?? true;
     const lmHead = this.lmHead(this.params);
     if (lmHead === null) throw new Error("this reward model has no LM head; use forwardScores");
     this.checkBatch(batch);
     const { batch: B, seqLen: T, ids, lengths, lossMask } = batch;
     const N = B * T;
     const V = this.dims.vocab;
-    const a = this.backboneForward(ids, lengths, B, T);
+    const a = this.backboneForward(ids, lengths, B, T, keep);
     linearForward(this.kernels, a.logits, a.lnf, lmHead, N, this.dims.hidden, V);
     const tokenLogprobs = new Float32Array(N);
     tokenLogprobsForward(tokenLogprobs, a.probs, a.logits, ids, lengths, B, T, V, this.kernels);
@@ -602,13 +644,13 @@ export class LlamaModel {
         tokenCounts[b]++;
       }
     }
-    this.remember("lm", batch);
+    if (keep) this.remember("lm", batch);
     return { tokenLogprobs, seqLogprobs, tokenCounts };
   }
 
   /** Full logits [batch*seqLen, vocab] (row b*T + t scores the token after position t); a fresh copy. */
-  forwardLogits(batch: TokenBatch): Float32Array {
-    this.forward(batch);
+  forwardLogits(batch: TokenBatch, options: ForwardOptions = {}): Float32Array {
+    this.forward(batch, options);
     return this.acts!.logits.slice(0, batch.batch * batch.seqLen * this.dims.vocab);
   }
 
@@ -654,15 +696,17 @@ export class LlamaModel {
 
   /**
    * Reward scores [batch]: score.weight . (final-normed hidden state at the last real token), as HF
-   * LlamaForSequenceClassification. Every row needs at least one token. Keeps activations for backward.
+   * LlamaForSequenceClassification. Every row needs at least one token. Keeps activations for backward
+   * unless `keep` is false (see forward).
    */
-  forwardScores(batch: TokenBatch): Float32Array {
+  forwardScores(batch: TokenBatch, options: ForwardOptions = {}): Float32Array {
+    const keep = options.keep ?? true;
     if (!this.hasScoreHead) throw new Error("this model has no score head (construct with scoreHead: true)");
     this.checkBatch(batch);
     const { batch: B, seqLen: T, ids, lengths } = batch;
     for (let b = 0; b < B; b++)
       if (lengths[b] < 1) throw new Error(`row ${b} is empty: a score needs a token`);
-    const a = this.backboneForward(ids, lengths, B, T);
+    const a = this.backboneForward(ids, lengths, B, T, keep);
     const w = this.tensor("score.weight");
     const C = this.dims.hidden;
     const scores = new Float32Array(B);
@@ -672,7 +716,7 @@ export class LlamaModel {
       for (let i = 0; i < C; i++) s += w[i] * a.lnf[off + i];
       scores[b] = s;
     }
-    this.remember("score", batch);
+    if (keep) this.remember("score", batch);
     return scores;
   }
 

@@ -402,13 +402,13 @@ export class BatchScheduler {
     };
     // The log-probs come from forward itself, so an echo reports exactly what training and
     // `selfsteer logprobs` compute; the top ids need the logits, which cost a second pass.
-    const { tokenLogprobs } = this.model.forward(batch);
+    const { tokenLogprobs } = this.model.forward(batch, { keep: false });
     const logprobs = new Float64Array(T);
     logprobs[0] = Number.NaN;
     for (let t = 1; t < T; t++) logprobs[t] = tokenLogprobs[t];
     const top: TokenLogprob[][] = ids.map(() => []);
     if (topLogprobs > 0) {
-      const logits = this.model.forwardLogits(batch);
+      const logits = this.model.forwardLogits(batch, { keep: false });
       for (let t = 1; t < T; t++) {
         // Row t - 1 predicts token t; its normaliser is the one forward used for that token.
         const offset = (t - 1) * V;

@@ -92,6 +92,7 @@ export function scoreResponses(
           group.map((i) => seqs[i]),
           tokenizer.padId,
         ),
+        { keep: false },
       );
       return group.map((_, b) => ({ logprob: res.seqLogprobs[b], tokens: res.tokenCounts[b] }));
     },

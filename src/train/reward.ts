@@ -95,7 +95,7 @@ export function scoreSequences(
   return scoreByLength(
     seqs.map((ids) => ids.length),
     { maxTokens: maxBatchTokens },
-    (group) => model.forwardScores(packBatch(asBatchRows(group.map((i) => seqs[i])), padId)),
+    (group) => model.forwardScores(packBatch(asBatchRows(group.map((i) => seqs[i])), padId), { keep: false }),
   );
 }
 
