@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
@@ -11,9 +11,11 @@ import {
   readSafetensors,
   readSafetensorsFile,
   type SafetensorsFile,
+  safetensorsParts,
   writeSafetensors,
 } from "../src/engine/safetensors.js";
 import { UserError } from "../src/util/errors.js";
+import { writeFileAtomic } from "../src/util/fsio.js";
 
 const root = mkdtempSync(join(tmpdir(), "selfsteer-st-"));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -297,4 +299,25 @@ test("writer refuses inconsistent tensors", () => {
       ]),
     /duplicate/,
   );
+});
+
+test("safetensorsParts written piece by piece give writeSafetensors' bytes, the tensors as views (no copy)", () => {
+  const a = Float32Array.from([1.5, -2, 3e-7]);
+  const b = new Float32Array(new ArrayBuffer(64), 8, 5).fill(0.25); // a view at an offset
+  const tensors = [
+    { name: "a", shape: [3], data: a },
+    { name: "b", shape: [5], data: b },
+  ];
+  const parts = safetensorsParts(tensors, { step: "7" });
+  assert.equal(parts.length, 3);
+  assert.equal(parts[1], a);
+  assert.equal(parts[2], b);
+  const dir = mkdtempSync(join(tmpdir(), "selfsteer-parts-"));
+  try {
+    const path = join(dir, "x.safetensors");
+    writeFileAtomic(path, parts);
+    assert.deepEqual(new Uint8Array(readFileSync(path)), writeSafetensors(tensors, { step: "7" }));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -14,7 +14,7 @@ import { readJsonFile, writeFileAtomic, writeJsonAtomic } from "../util/fsio.js"
 import { architectureName, isScoreArchitecture, type LlamaConfig, LlamaConfigSchema } from "./config.js";
 import type { AdamWState } from "./optim.js";
 import { llamaParamSpecs, type NamedTensor, numel } from "./params.js";
-import { readSafetensorsFile, writeSafetensors } from "./safetensors.js";
+import { readSafetensorsFile, safetensorsParts } from "./safetensors.js";
 import { checkConfigLimits, checkFiniteTensors } from "./validate.js";
 
 /** File names inside a checkpoint directory. */
@@ -98,7 +98,7 @@ function writeWeights(dir: string, tensors: readonly NamedTensor[], maxShardByte
   const single = join(dir, CHECKPOINT_FILES.weights);
   const indexPath = join(dir, CHECKPOINT_FILES.weightsIndex);
   if (total <= maxShardBytes) {
-    writeFileAtomic(single, writeSafetensors(tensors));
+    writeFileAtomic(single, safetensorsParts(tensors));
     removeShards(dir, indexPath);
     return;
   }
@@ -118,7 +118,7 @@ function writeWeights(dir: string, tensors: readonly NamedTensor[], maxShardByte
   const written = new Set<string>();
   groups.forEach((group, i) => {
     const file = `model-${pad(i + 1)}-of-${pad(groups.length)}.safetensors`;
-    writeFileAtomic(join(dir, file), writeSafetensors(group));
+    writeFileAtomic(join(dir, file), safetensorsParts(group));
     written.add(file);
     for (const t of group) weightMap[t.name] = file;
   });
@@ -305,13 +305,14 @@ const TrainerStateFileSchema = z.object({
  * tensors, the optimizer step in the metadata) and the trainer_state.json object naming that step.
  */
 export function trainerStateFiles(state: TrainerState): {
-  optimizerBytes: Uint8Array;
+  /** The file's pieces, in order (views of m and v themselves: write them before m and v change). */
+  optimizerParts: ArrayBufferView[];
   stateJson: Record<string, unknown>;
 } {
   const { m, v, step } = state.optimizer;
   if (m.length !== v.length)
     throw new Error(`saveTrainerState: m has ${m.length} entries, v has ${v.length}`);
-  const optimizerBytes = writeSafetensors(
+  const optimizerParts = safetensorsParts(
     [
       { name: "exp_avg", shape: [m.length], data: m },
       { name: "exp_avg_sq", shape: [v.length], data: v },
@@ -324,7 +325,7 @@ export function trainerStateFiles(state: TrainerState): {
     optimizer: { type: "adamw", step, size: m.length, file: CHECKPOINT_FILES.optimizer },
   };
   if (state.extra !== undefined) json.extra = state.extra;
-  return { optimizerBytes, stateJson: json };
+  return { optimizerParts, stateJson: json };
 }
 
 /**
@@ -333,8 +334,8 @@ export function trainerStateFiles(state: TrainerState): {
  * mismatched files.
  */
 export function saveTrainerState(dir: string, state: TrainerState): void {
-  const { optimizerBytes, stateJson } = trainerStateFiles(state);
-  writeFileAtomic(join(dir, CHECKPOINT_FILES.optimizer), optimizerBytes);
+  const { optimizerParts, stateJson } = trainerStateFiles(state);
+  writeFileAtomic(join(dir, CHECKPOINT_FILES.optimizer), optimizerParts);
   writeJsonAtomic(join(dir, CHECKPOINT_FILES.trainerState), stateJson);
 }
 

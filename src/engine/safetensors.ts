@@ -65,6 +65,27 @@ export function writeSafetensors(
   tensors: readonly NamedTensor[],
   metadata?: Record<string, string>,
 ): Uint8Array {
+  const parts = safetensorsParts(tensors, metadata);
+  let length = 0;
+  for (const part of parts) length += part.byteLength;
+  const out = new Uint8Array(length);
+  let pos = 0;
+  for (const part of parts) {
+    out.set(new Uint8Array(part.buffer, part.byteOffset, part.byteLength), pos);
+    pos += part.byteLength;
+  }
+  return out;
+}
+
+/**
+ * writeSafetensors' file as consecutive pieces: the length and header, then each tensor's bytes, which
+ * on a little-endian host are views of the tensors themselves (no copy: writing a 0.5B model's 3.95 GB
+ * optimizer state this way needs no second 3.95 GB).
+ */
+export function safetensorsParts(
+  tensors: readonly NamedTensor[],
+  metadata?: Record<string, string>,
+): ArrayBufferView[] {
   const header: Record<string, unknown> = { __metadata__: { format: "pt", ...metadata } };
   let offset = 0;
   for (const t of tensors) {
@@ -86,18 +107,21 @@ export function writeSafetensors(
     json += " ".repeat(padded - headerBytes.length);
     headerBytes = encoder.encode(json);
   }
-  const out = new Uint8Array(8 + headerBytes.length + offset);
-  const view = new DataView(out.buffer);
+  const head = new Uint8Array(8 + headerBytes.length);
+  const view = new DataView(head.buffer);
   view.setUint32(0, headerBytes.length, true);
   view.setUint32(4, 0, true);
-  out.set(headerBytes, 8);
-  let pos = 8 + headerBytes.length;
+  head.set(headerBytes, 8);
+  const parts: ArrayBufferView[] = [head];
   for (const t of tensors) {
-    if (LITTLE_ENDIAN_HOST) out.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), pos);
-    else for (let i = 0; i < t.data.length; i++) view.setFloat32(pos + 4 * i, t.data[i], true);
-    pos += t.data.byteLength;
+    if (LITTLE_ENDIAN_HOST) parts.push(t.data);
+    else {
+      const bytes = new DataView(new ArrayBuffer(t.data.byteLength));
+      for (let i = 0; i < t.data.length; i++) bytes.setFloat32(4 * i, t.data[i], true);
+      parts.push(bytes);
+    }
   }
-  return out;
+  return parts;
 }
 
 /** Reads the tensors of a safetensors file (F32, BF16 or F16, returned as fp32); `source` names it in errors. */

@@ -268,8 +268,8 @@ export class RunDirectory {
     mkdirSync(staging, { recursive: true });
     saveCheckpoint(staging, { ...meta, tensors: model.namedTensors() });
     crashPoint("weights");
-    const { optimizerBytes, stateJson } = trainerStateFiles({ step, optimizer: optimizer.exportState() });
-    writeChunked(join(staging, CHECKPOINT_FILES.optimizer), optimizerBytes);
+    const { optimizerParts, stateJson } = trainerStateFiles({ step, optimizer: optimizer.stateView() });
+    writeChunked(join(staging, CHECKPOINT_FILES.optimizer), optimizerParts);
     crashPoint("optimizer");
     const commit = this.commitRecord(staging, totalSteps, step === totalSteps);
     writeFileSync(
@@ -301,11 +301,11 @@ export class RunDirectory {
     this.closeMetrics();
     saveCheckpoint(this.dir, { ...meta, tensors: model.namedTensors() });
     crashPoint("publish-weights");
-    const { optimizerBytes, stateJson } = trainerStateFiles({
+    const { optimizerParts, stateJson } = trainerStateFiles({
       step: totalSteps,
-      optimizer: optimizer.exportState(),
+      optimizer: optimizer.stateView(),
     });
-    writeFileAtomic(join(this.dir, CHECKPOINT_FILES.optimizer), optimizerBytes);
+    writeFileAtomic(join(this.dir, CHECKPOINT_FILES.optimizer), optimizerParts);
     crashPoint("publish-optimizer");
     for (const [name, value] of Object.entries(extraFiles)) writeJsonAtomic(join(this.dir, name), value);
     crashPoint("publish-extra");

@@ -18,8 +18,14 @@ import { formatPath, UserError } from "./errors.js";
 /** Bytes per write call: one call cannot write 2 GiB or more (a 0.5B model's optimizer state is 3.95 GB). */
 const WRITE_CHUNK_BYTES = 1 << 30;
 
-/** Writes a file atomically: a temp file beside it, then rename, so readers never see half a file. */
-export function writeFileAtomic(path: string, data: string | Uint8Array): void {
+/**
+ * Writes a file atomically: a temp file beside it, then rename, so readers never see half a file.
+ * `data` may be a list of pieces written one after another (see safetensorsParts).
+ */
+export function writeFileAtomic(
+  path: string,
+  data: string | ArrayBufferView | readonly ArrayBufferView[],
+): void {
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
   try {
@@ -39,12 +45,16 @@ export function writeFileAtomic(path: string, data: string | Uint8Array): void {
   }
 }
 
-/** Writes `data` to a new file at `path` (not atomically) in calls of at most WRITE_CHUNK_BYTES. */
-export function writeChunked(path: string, data: Uint8Array): void {
+/** Writes `data` (one piece or several, in order) to a new file at `path`, not atomically, in calls of at most WRITE_CHUNK_BYTES. */
+export function writeChunked(path: string, data: ArrayBufferView | readonly ArrayBufferView[]): void {
+  const parts = Array.isArray(data) ? data : [data as ArrayBufferView];
   const fd = openSync(path, "w");
   try {
-    for (let done = 0; done < data.length; ) {
-      done += writeSync(fd, data, done, Math.min(WRITE_CHUNK_BYTES, data.length - done));
+    for (const part of parts) {
+      for (let done = 0; done < part.byteLength; ) {
+        const length = Math.min(WRITE_CHUNK_BYTES, part.byteLength - done);
+        done += writeSync(fd, new Uint8Array(part.buffer, part.byteOffset + done, length));
+      }
     }
   } finally {
     closeSync(fd);
