@@ -7,10 +7,11 @@ import { test } from "node:test";
 import { type LlamaConfig, LlamaConfigSchema } from "../src/engine/config.js";
 import { createKvCache } from "../src/engine/decode.js";
 import { createKernels, type Kernels, PlainKernels } from "../src/engine/kernels/index.js";
-import { LlamaModel, type TokenBatch } from "../src/engine/model.js";
+import { LlamaModel } from "../src/engine/model.js";
 import { generateTokens } from "../src/engine/sampler.js";
 import { Rng } from "../src/util/rng.js";
 import { FAST_BACKENDS, HEAP_BLAS, kernelsOf } from "./helpers/backends.js";
+import { singleBatch } from "./helpers/batches.js";
 
 const V = 41;
 
@@ -35,16 +36,6 @@ function twins(cfg: LlamaConfig, kernels: Kernels, seed: number): { fast: LlamaM
   const fast = new LlamaModel(cfg, kernels);
   fast.loadTensors(plain.namedTensors());
   return { fast, plain };
-}
-
-function single(seq: readonly number[]): TokenBatch {
-  return {
-    ids: Int32Array.from(seq),
-    batch: 1,
-    seqLen: seq.length,
-    lengths: Int32Array.from([seq.length]),
-    lossMask: new Uint8Array(seq.length).fill(1),
-  };
 }
 
 function prompt(rng: Rng, len: number): number[] {
@@ -81,7 +72,7 @@ for (const backend of [...FAST_BACKENDS, HEAP_BLAS]) {
           let worst = 0;
           for (let step = 0; step < 8; step++) {
             seqs.forEach((seq, row) => {
-              const full = plain.forwardLogits(single(seq));
+              const full = plain.forwardLogits(singleBatch(seq));
               const last = full.subarray((seq.length - 1) * V);
               for (let j = 0; j < V; j++) worst = Math.max(worst, Math.abs(logits[row * V + j] - last[j]));
             });

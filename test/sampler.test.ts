@@ -3,9 +3,10 @@ import { test } from "node:test";
 import { type LlamaConfig, LlamaConfigSchema } from "../src/engine/config.js";
 import { createKvCache } from "../src/engine/decode.js";
 import { PlainKernels } from "../src/engine/kernels/plain.js";
-import { LlamaModel, type TokenBatch } from "../src/engine/model.js";
+import { LlamaModel } from "../src/engine/model.js";
 import { generateTokens, SamplerScratch, sampleFromLogits } from "../src/engine/sampler.js";
 import { Rng } from "../src/util/rng.js";
+import { singleBatch } from "./helpers/batches.js";
 
 function tinyConfig(overrides: Record<string, unknown> = {}): LlamaConfig {
   return LlamaConfigSchema.parse({
@@ -25,16 +26,6 @@ function randomModel(config: LlamaConfig, seed: number): LlamaModel {
   const model = new LlamaModel(config, new PlainKernels());
   model.initRandom(new Rng(seed), 0.3);
   return model;
-}
-
-function single(seq: readonly number[]): TokenBatch {
-  return {
-    ids: Int32Array.from(seq),
-    batch: 1,
-    seqLen: seq.length,
-    lengths: Int32Array.from([seq.length]),
-    lossMask: new Uint8Array(seq.length).fill(1),
-  };
 }
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -66,7 +57,7 @@ test("KV-cache logits equal full recomputation at every step (ragged prompts, GQ
   let worst = 0;
   for (let step = 0; step < 6; step++) {
     active.forEach((slot, row) => {
-      const full = model.forwardLogits(single(seqs[slot]));
+      const full = model.forwardLogits(singleBatch(seqs[slot]));
       const last = full.subarray((seqs[slot].length - 1) * V, seqs[slot].length * V);
       worst = Math.max(worst, maxAbsDiff(logits.subarray(row * V, (row + 1) * V), last));
     });
@@ -123,7 +114,7 @@ for (const [name, overrides] of [
     let worst = 0;
     for (let step = 0; step < 5; step++) {
       seqs.forEach((seq, row) => {
-        const full = model.forwardLogits(single(seq));
+        const full = model.forwardLogits(singleBatch(seq));
         const last = full.subarray((seq.length - 1) * V, seq.length * V);
         worst = Math.max(worst, maxAbsDiff(logits.subarray(row * V, (row + 1) * V), last));
       });
@@ -144,7 +135,7 @@ test("sampled log-probs are the model's log-probs of the generated sequence", ()
     assert.equal(r.ids.length, 8);
     assert.equal(r.finishReason, "length");
     const seq = [...prompts[i], ...r.ids];
-    const lp = model.forward(single(seq)).tokenLogprobs.subarray(prompts[i].length);
+    const lp = model.forward(singleBatch(seq)).tokenLogprobs.subarray(prompts[i].length);
     assert.ok(maxAbsDiff(lp, r.logprobs) < 2e-5);
   });
 });
@@ -183,7 +174,7 @@ test("greedy decoding follows the argmax of full recomputation and ignores the s
   assert.deepEqual(g1, g2);
   const seq = prompt.slice();
   for (let step = 0; step < 6; step++) {
-    const logits = model.forwardLogits(single(seq));
+    const logits = model.forwardLogits(singleBatch(seq));
     const row = Array.from(logits.subarray((seq.length - 1) * 37));
     const best = row.indexOf(Math.max(...row));
     assert.equal(g1.ids[step], best);
