@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { test } from "node:test";
 import { type Command, CommanderError } from "commander";
 import { allCommands, commandPath, ruleFor } from "../src/cli/flags.js";
 import { buildProgram } from "../src/cli/program.js";
 import { UserError } from "../src/util/errors.js";
+import { SELFSTEER_BIN } from "./helpers/cli.js";
 
 /** A fresh program whose commands record that they ran instead of doing anything, and print nothing. */
 async function quietProgram(): Promise<{ program: Command; ran: string[] }> {
@@ -68,4 +70,36 @@ test("the two silent coercions are gone: tables --loss and world --split refuse 
   const { program, ran } = await quietProgram();
   await program.parseAsync(["node", "selfsteer", "world", "queries", "--out", "q.jsonl", "--split", "eval"]);
   assert.deepEqual(ran, ["world queries"]);
+});
+
+test("a bad SELFSTEER_MEMORY, or a backend that cannot load, exits 2 with one line in every command that opens kernels", () => {
+  const run = (env: Record<string, string>, ...args: string[]) =>
+    spawnSync(process.execPath, [SELFSTEER_BIN, ...args], {
+      encoding: "utf8",
+      env: { ...process.env, ...env },
+    });
+  for (const args of [
+    ["bench", "--preset", "S", "--steps", "1"],
+    ["sample", "--model", "nowhere", "--prompt", "hi"],
+    ["sft", "--model", "nowhere", "--data", "nowhere.jsonl", "--out", "nowhere-out"],
+  ]) {
+    const bad = run({ SELFSTEER_MEMORY: "disk" }, ...args);
+    assert.equal(bad.status, 2, `${args[0]}: ${bad.stderr}`);
+    assert.equal(bad.stderr, 'selfsteer: SELFSTEER_MEMORY must be "wasm" or "heap", got "disk"\n');
+  }
+  const noBlas = run(
+    { SELFSTEER_BLAS: "none" },
+    "bench",
+    "--preset",
+    "S",
+    "--steps",
+    "1",
+    "--backend",
+    "blas",
+  );
+  assert.equal(noBlas.status, 2, noBlas.stderr);
+  assert.match(
+    noBlas.stderr,
+    /^selfsteer: --backend blas: BLAS unavailable: disabled by SELFSTEER_BLAS=none\n$/,
+  );
 });

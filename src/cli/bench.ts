@@ -9,9 +9,8 @@ import {
   type PhaseProfile,
   runBench,
 } from "../engine/bench.js";
-import { createKernels } from "../engine/kernels/index.js";
 import { UserError } from "../util/errors.js";
-import { BACKEND_HELP, parseBackend, parseIntFlag, printJson, THREADS_HELP } from "./common.js";
+import { BACKEND_HELP, openKernels, parseBackend, parseIntFlag, printJson, THREADS_HELP } from "./common.js";
 
 interface BenchFlags {
   preset: string;
@@ -83,8 +82,7 @@ function bench(flags: BenchFlags): void {
   if (flags.seqLen !== undefined) preset.seqLen = parseIntFlag("--seq-len", flags.seqLen, 17);
   if (flags.batch !== undefined) preset.batch = parseIntFlag("--batch", flags.batch, 1);
   const profile = flags.profile === true;
-  const kernels = createKernels({ backend, threads });
-  if (kernels.warning) process.stderr.write(`selfsteer: ${kernels.warning}\n`);
+  const kernels = openKernels(backend, threads);
   kernels.waitForWorkers();
   try {
     const result = runBench(preset, kernels, { steps, warmup, generateRuns, profile });

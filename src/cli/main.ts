@@ -1,8 +1,15 @@
 import { CommanderError } from "commander";
+import { memoryFromEnv } from "../engine/kernels/index.js";
 import { UserError } from "../util/errors.js";
 import { buildProgram } from "./program.js";
 
 async function main(argv: string[]): Promise<void> {
+  // Checked before any command starts work (the kernels read it wherever they are created).
+  try {
+    memoryFromEnv();
+  } catch (err) {
+    throw new UserError((err as Error).message);
+  }
   const { program } = await buildProgram();
   await program.parseAsync(argv);
 }

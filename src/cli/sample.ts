@@ -1,11 +1,10 @@
 import type { Command } from "commander";
-import { createKernels } from "../engine/kernels/index.js";
 import { LocalPolicy } from "../policy/local.js";
 import type { ChatMessage } from "../policy/types.js";
 import { UserError } from "../util/errors.js";
 import {
   BACKEND_HELP,
-  parseBackend,
+  openKernels,
   parseIntFlag,
   parseNumberFlag,
   printJson,
@@ -39,9 +38,7 @@ function sample(opts: SampleOptions): void {
   const topK = parseIntFlag("--top-k", opts.topK, 0);
   const maxTokens = parseIntFlag("--max-tokens", opts.maxTokens, 0);
   const threads = opts.threads === undefined ? undefined : parseIntFlag("--threads", opts.threads, 1);
-  const backend = parseBackend(opts.backend);
-  const kernels = createKernels(threads === undefined ? { backend } : { backend, threads });
-  if (kernels.warning) process.stderr.write(`selfsteer: ${kernels.warning}\n`);
+  const kernels = openKernels(opts.backend, threads);
   try {
     const policy = LocalPolicy.fromDir(opts.model, { kernels, topK });
     const messages: ChatMessage[] = [];

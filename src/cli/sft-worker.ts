@@ -50,7 +50,18 @@ function post(message: SftWorkerMessage): void {
 
 function run(data: SftWorkerData): void {
   const stopFlag = new Int32Array(data.stop);
-  const kernels = createKernels({ backend: data.backend });
+  let kernels: ReturnType<typeof createKernels>;
+  try {
+    kernels = createKernels({ backend: data.backend });
+  } catch (error) {
+    post({
+      type: "error",
+      message: `--backend ${data.backend}: ${(error as Error).message}`,
+      user: true,
+      exitCode: 2,
+    });
+    return;
+  }
   if (kernels.warning) post({ type: "warning", message: kernels.warning });
   try {
     const { settings, modelDir } = data;

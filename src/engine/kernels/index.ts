@@ -102,7 +102,7 @@ function message(error: unknown): string {
 }
 
 /** $SELFSTEER_MEMORY as a KernelMemory ("wasm" when unset); anything else is an error naming it. */
-function memoryFromEnv(): KernelMemory {
+export function memoryFromEnv(): KernelMemory {
   const value = process.env[MEMORY_ENV];
   if (value === undefined || value === "" || value === "wasm") return "wasm";
   if (value === "heap") return "heap";
