@@ -95,10 +95,17 @@ const DEFAULT_DRAIN_MS = 10_000;
 function openModel(options: ServeOptions, log: (line: string) => void) {
   if (options.loaded !== undefined) return { loaded: options.loaded, kernels: null };
   if (options.modelDir === undefined) throw new Error("startServer: give modelDir or loaded");
-  const kernels: CreatedKernels = createKernels({
-    backend: options.backend ?? "auto",
-    ...(options.threads === undefined ? {} : { threads: options.threads }),
-  });
+  const backend = options.backend ?? "auto";
+  let kernels: CreatedKernels;
+  try {
+    kernels = createKernels({
+      backend,
+      ...(options.threads === undefined ? {} : { threads: options.threads }),
+    });
+  } catch (error) {
+    // as the other commands say it (src/cli/common.ts openKernels)
+    throw new UserError(`--backend ${backend}: ${(error as Error).message}`);
+  }
   if (kernels.warning) log(kernels.warning);
   log(`kernels: ${kernels.name}${kernels.note === undefined ? "" : ` (${kernels.note})`}`);
   try {
