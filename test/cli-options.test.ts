@@ -102,4 +102,16 @@ test("a bad SELFSTEER_MEMORY, or a backend that cannot load, exits 2 with one li
     noBlas.stderr,
     /^selfsteer: --backend blas: BLAS unavailable: disabled by SELFSTEER_BLAS=none\n$/,
   );
+  const serve = run(
+    { SELFSTEER_BLAS: "none" },
+    "serve",
+    "--model",
+    "nowhere",
+    "--backend",
+    "blas",
+    "--port",
+    "0",
+  );
+  assert.equal(serve.status, 2, serve.stderr);
+  assert.match(serve.stderr, /^selfsteer: --backend blas: BLAS unavailable/);
 });
