@@ -305,21 +305,18 @@ function cachedAttention(
   const scale = 1 / Math.sqrt(D);
   const keys = cache.keys[layer];
   const values = cache.values[layer];
-  const job: CachedAttentionJob | undefined =
-    fused === undefined
-      ? undefined
-      : {
-          q: w.qkv,
-          out: w.attn,
-          keys,
-          values,
-          scores: w.scores,
-          items: w.items,
-          count: 0,
-          rep,
-          headDim: D,
-          scale,
-        };
+  const job: CachedAttentionJob = {
+    q: w.qkv,
+    out: w.attn,
+    keys,
+    values,
+    scores: w.scores,
+    items: w.items,
+    count: 0,
+    rep,
+    headDim: D,
+    scale,
+  };
   let scoresUsed = 0;
   let i0 = 0;
   while (i0 < M) {
@@ -330,7 +327,7 @@ function cachedAttention(
     const n = i1 - i0;
     const p0 = positions[start + i0];
     const keyLen = p0 + n;
-    if (job !== undefined && fused !== undefined && n === 1) {
+    if (fused !== undefined && n === 1) {
       const from = firstVisibleKey(p0, slidingWindow);
       for (let kh = 0; kh < KVH; kh++) {
         // the scores scratch holds every pending item's [rep, keyLen]: run what is queued when full
@@ -377,5 +374,5 @@ function cachedAttention(
     }
     i0 = i1;
   }
-  if (job !== undefined && fused !== undefined && job.count > 0) fused.cachedAttention(job);
+  if (fused !== undefined && job.count > 0) fused.cachedAttention(job);
 }

@@ -34,6 +34,8 @@ export type BackendChoice = (typeof KERNEL_BACKENDS)[number];
 export type KernelMemory = "wasm" | "heap";
 /** Environment variable naming the default KernelMemory ("heap": BLAS on the JS heap, no 4 GiB limit). */
 export const MEMORY_ENV = "SELFSTEER_MEMORY";
+/** What kernels on the JS heap say of themselves (createKernels' note, autoBackend's). */
+const HEAP_NOTE = `kernel memory on the JS heap (${MEMORY_ENV}=heap): no 4 GiB limit, element-wise loops in plain TypeScript`;
 
 /** Options of createKernels. */
 export interface CreateKernelsOptions {
@@ -141,12 +143,11 @@ export function createKernels(options: CreateKernelsOptions = {}): CreatedKernel
   const useBlas =
     blas?.library !== undefined && (backend === "blas" || blas.library.optimized) ? blas.library : undefined;
   if (memory === "heap") {
-    const heapNote = `kernel memory on the JS heap (${MEMORY_ENV}=heap): no 4 GiB limit, element-wise loops in plain TypeScript`;
     if (useBlas !== undefined)
-      return withNote(new BlasKernels(new PlainKernels(), useBlas, threads), heapNote);
+      return withNote(new BlasKernels(new PlainKernels(), useBlas, threads), HEAP_NOTE);
     return withNote(
       new PlainKernels(),
-      `${heapNote}; ${blas?.library === undefined ? `no BLAS (${blas?.reason ?? "not searched"})` : `${blas.library.description} is a reference BLAS`}, so plain products too`,
+      `${HEAP_NOTE}; ${blas?.library === undefined ? `no BLAS (${blas?.reason ?? "not searched"})` : `${blas.library.description} is a reference BLAS`}, so plain products too`,
     );
   }
   let wasm: WasmKernels | undefined;
@@ -199,7 +200,7 @@ export function autoBackend(
     return {
       backend: "blas",
       description: `${blas.library.description} (${blas.library.path})`,
-      note: `kernel memory on the JS heap (${MEMORY_ENV}=heap): element-wise loops in plain TypeScript`,
+      note: HEAP_NOTE,
     };
   if (blas.library?.optimized === true) {
     const description = `${blas.library.description} (${blas.library.path})`;
